@@ -1,0 +1,5 @@
+import sys
+
+from jmlsim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,298 @@
+"""The ``jmlsim`` command (contract in DESIGN.md).
+
+Exit status 0 on success; 2 on bad input, with one line ``jmlsim: error: ...`` on stderr and no traceback;
+1 on an internal failure. With ``--json`` the last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Optional
+
+from jmlsim.errors import InputError, SimulationError
+
+LJ_DEFAULT_CUTOFF = 2.5
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad arguments as one line and exit status 2."""
+
+    def error(self, message):
+        raise InputError(message)
+
+
+def _finite(kind: str, positive: bool = True, allow_zero: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{kind} must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{kind} must be finite, got {text}")
+        if positive and (value < 0 or (value == 0 and not allow_zero)):
+            raise argparse.ArgumentTypeError(f"{kind} must be {'non-negative' if allow_zero else 'positive'}, got {text}")
+        return value
+    return parse
+
+
+def _integer(kind: str, minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{kind} must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{kind} must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _add_system_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("system")
+    g.add_argument("--lj", type=_integer("number of atoms", 1), metavar="N", help="Lennard-Jones fluid of N atoms")
+    g.add_argument("--density", type=_finite("density"), metavar="RHO", help="LJ number density (sigma^-3)")
+    g.add_argument("--prmtop"), g.add_argument("--inpcrd"), g.add_argument("--pdb")
+    g.add_argument("--forcefield", nargs="+"), g.add_argument("--gro"), g.add_argument("--top")
+    g.add_argument("--potential"), g.add_argument("--xyz")
+    g.add_argument("--nonbonded", choices=["nocutoff", "cutoff", "reaction-field", "pme"])
+    g.add_argument("--cutoff", type=_finite("cutoff"), help="nm (LJ: sigma; default 2.5)")
+    g.add_argument("--switch-distance", type=_finite("switch distance"), help="LJ: start of the smooth switch")
+    g.add_argument("--constraints", choices=["none", "hbonds", "allbonds", "hangles"])
+    g.add_argument("--hmr", action="store_true")
+    g.add_argument("--precision", choices=["single", "mixed", "double"], default="single")
+    g.add_argument("--skin", type=_finite("skin"), help="neighbor-list skin (LJ: sigma, default 0.3; else nm)")
+    g.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="jmlsim", description="Differentiable, batchable molecular simulation in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    energy = sub.add_parser("energy", help="potential energy per term and forces")
+    _add_system_arguments(energy)
+    energy.add_argument("--forces-out", metavar="F.npy", help="write forces (atoms x 3) to a .npy file")
+
+    minimize = sub.add_parser("minimize", help="FIRE energy minimization")
+    _add_system_arguments(minimize)
+    minimize.add_argument("--tolerance", type=_finite("tolerance"), default=None,
+                          help="max force to stop at (default 10 kJ/mol/nm; LJ 1e-2)")
+    minimize.add_argument("--max-steps", type=_integer("max steps", 1), default=5000)
+
+    simulate = sub.add_parser("simulate", help="run molecular dynamics")
+    _add_system_arguments(simulate)
+    simulate.add_argument("--steps", type=_integer("steps", 0), required=True)
+    simulate.add_argument("--timestep", type=_finite("timestep"), help="fs (LJ: tau, default 0.005)")
+    simulate.add_argument("--temperature", type=_finite("temperature", allow_zero=True),
+                          help="K (LJ: epsilon/k_B, default 1.0)")
+    simulate.add_argument("--friction", type=_finite("friction"), default=1.0, help="1/ps (LJ: 1/tau)")
+    simulate.add_argument("--integrator", choices=["langevin", "verlet", "nose-hoover"], default="langevin")
+    simulate.add_argument("--pressure", type=_finite("pressure"), help="bar (Monte Carlo barostat)")
+    simulate.add_argument("--report-interval", type=_integer("report interval", 1), default=100)
+    simulate.add_argument("--out", default="trajectory.h5", help="trajectory (.h5, .dcd, .xtc)")
+    simulate.add_argument("--log", default=None, help="CSV log (default: next to the trajectory)")
+    simulate.add_argument("--checkpoint", help="checkpoint file (.npz), written atomically")
+    simulate.add_argument("--checkpoint-interval", type=_integer("checkpoint interval", 1), default=1,
+                          help="write the checkpoint every K reports")
+    simulate.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    simulate.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    simulate.add_argument("--replicas", type=_integer("replicas", 1))
+    simulate.add_argument("--seed", type=_integer("seed", 0), default=0)
+    simulate.add_argument("--minimize", action="store_true", help="minimize before the run")
+    simulate.add_argument("--neighbor-capacity", type=_integer("neighbor capacity", 1), help=argparse.SUPPRESS)
+    simulate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def load_system(args):
+    """System from the system arguments."""
+    if args.lj is not None:
+        if args.density is None:
+            raise InputError("--lj needs --density")
+        if args.pressure if hasattr(args, "pressure") else None:
+            raise InputError("--pressure (Monte Carlo barostat) is not available yet")
+        if args.nonbonded not in (None, "cutoff"):
+            raise InputError("--lj supports only a plain cutoff (--nonbonded cutoff)")
+        from jmlsim.systems.lennard_jones_fluid import lennard_jones_fluid
+        try:
+            return lennard_jones_fluid(args.lj, args.density, args.cutoff or LJ_DEFAULT_CUTOFF, args.switch_distance)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+    for flag in ("prmtop", "pdb", "gro", "potential"):
+        if getattr(args, flag):
+            raise InputError(f"--{flag} systems are not built yet (only --lj N --density RHO is available)")
+    raise InputError("no system given: use --lj N --density RHO")
+
+
+def _check_writable(path: str, what: str, overwrite: bool) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise InputError(f"cannot write {what} {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise InputError(f"cannot write {what} {path}: permission denied")
+    if os.path.exists(path) and not overwrite:
+        raise InputError(f"{what} {path} exists (use --overwrite to replace it, or --resume)")
+
+
+def _emit(args, result: dict) -> None:
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+
+
+def cmd_energy(args) -> None:
+    import jax
+    import numpy as np
+
+    from jmlsim.simulation import Simulation, dtypes
+    from jmlsim.integrators import VelocityVerlet
+
+    system = load_system(args)
+    if args.forces_out:
+        _check_writable(args.forces_out, "forces file", overwrite=True)
+    sim = Simulation(system, VelocityVerlet(1.0), kT=0.0, precision=args.precision,
+                     skin=args.skin if args.skin is not None else 0.3)
+    box = sim.state.box
+    terms = jax.jit(lambda p, x, nb: system.energy_terms(p, x, box, nb))(sim.params, sim.state.positions, sim.nbrs)
+    terms = {k: float(v) for k, v in terms.items()}
+    if args.forces_out:
+        np.save(args.forces_out, np.asarray(sim.state.forces, np.float64))
+    _emit(args, {"atoms": system.n_atoms, "terms": terms, "total": sum(terms.values()),
+                 "units": "lj-reduced" if system.reduced_units else "kj/mol"})
+
+
+def cmd_minimize(args) -> None:
+    from jmlsim.integrators import VelocityVerlet
+    from jmlsim.minimize import minimize
+    from jmlsim.simulation import Simulation
+
+    system = load_system(args)
+    dt = 0.005 if system.reduced_units else 0.001
+    sim = Simulation(system, VelocityVerlet(dt), kT=0.0, precision=args.precision,
+                     skin=args.skin if args.skin is not None else 0.3)
+    tol = args.tolerance if args.tolerance is not None else (1e-2 if system.reduced_units else 10.0)
+    result = minimize(sim, tol, args.max_steps)
+    _emit(args, {"atoms": system.n_atoms, **result})
+
+
+def cmd_simulate(args) -> None:
+    import numpy as np
+
+    from jmlsim import checkpoint as ckpt
+    from jmlsim import units
+    from jmlsim.integrators import by_name
+    from jmlsim.io.trajectory import generic_topology, trajectory_format
+    from jmlsim.reporters import LogReporter, TrajectoryReporter, replica_path
+    from jmlsim.simulation import Simulation
+
+    system = load_system(args)
+    reduced = system.reduced_units
+    if reduced:
+        timestep = args.timestep if args.timestep is not None else 0.005
+        temperature = args.temperature if args.temperature is not None else 1.0
+        kT, friction = temperature, args.friction
+    else:
+        timestep = (args.timestep if args.timestep is not None else 2.0) * units.PS_PER_FS
+        temperature = args.temperature if args.temperature is not None else 300.0
+        kT, friction = units.kT_kj_per_mol(temperature), args.friction
+    try:
+        trajectory_format(args.out)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    log_path = args.log or os.path.splitext(args.out)[0] + ".csv"
+    if args.resume and not args.checkpoint:
+        raise InputError("--resume needs --checkpoint")
+    outputs = [replica_path(args.out, r) for r in (range(args.replicas) if args.replicas else [None])]
+    meta = None
+    if args.resume:
+        meta, _ = ckpt.read_metadata(args.checkpoint)  # validates before any file is touched
+        for path in outputs + [log_path]:
+            if not os.path.exists(path):
+                raise InputError(f"cannot resume: {path} is missing")
+            _check_writable(path, "output", overwrite=True)
+    else:
+        for path in outputs + [log_path]:
+            _check_writable(path, "output", overwrite=args.overwrite)
+        if args.checkpoint:
+            _check_writable(args.checkpoint, "checkpoint", overwrite=args.overwrite)
+    try:
+        integrator = by_name(args.integrator, timestep, kT, friction)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    sim = Simulation(system, integrator, kT=kT, seed=args.seed, precision=args.precision,
+                     skin=args.skin if args.skin is not None else 0.3, replicas=args.replicas,
+                     neighbor_capacity=args.neighbor_capacity)
+    frames_done = 0
+    if meta is not None:
+        meta = ckpt.load(args.checkpoint, sim)
+        frames_done = int(meta["frames"])
+    elif args.minimize:
+        from jmlsim.minimize import minimize
+        minimize(sim, 1e-2 if reduced else 10.0)
+    topology = system.topology if system.topology is not None else generic_topology(system.n_atoms)
+    start_step = sim.step
+    steps_left = max(args.steps - start_step, 0)
+    keep = frames_done if meta is not None else None
+    trajectory = TrajectoryReporter(args.out, topology, args.replicas, keep_frames=keep)
+    log = LogReporter(log_path, reduced, args.replicas, keep_until_step=start_step if meta is not None else None)
+    frames = {"n": frames_done}
+
+    class _FrameCounter:
+        def report(self, frame):
+            frames["n"] += 1
+
+    def write_checkpoint(s):
+        ckpt.save(args.checkpoint, s, {"frames": frames["n"]})
+
+    try:
+        timing = sim.run(steps_left, args.report_interval, [trajectory, log, _FrameCounter()],
+                         progress=not args.no_progress,
+                         checkpoint=write_checkpoint if args.checkpoint else None,
+                         checkpoint_every=args.checkpoint_interval)
+    finally:
+        trajectory.close()
+        log.close()
+    potential = timing["final_potential"]
+    if potential is None:  # nothing left to run (resumed at the end): report the current state
+        potential = np.asarray(sim._energy(sim.params, sim.state, sim.nbrs))
+    frame = sim.frame(potential)
+    timestep_ps = timestep * (units.ARGON.tau_ps if reduced else 1.0)
+    temperature_k = np.mean(frame.temperature) * (units.ARGON.epsilon_over_kb_k if reduced else 1.0)
+    result = {
+        "atoms": system.n_atoms, "steps": sim.step, "steps_run": steps_left, "replicas": args.replicas or 1,
+        "timestep_fs": timestep_ps * units.FS_PER_PS, "compile_s": timing["compile_s"], "wall_s": timing["wall_s"],
+        "ns_per_day": units.ns_per_day(timestep_ps, timing["steps_per_s"]), "steps_per_s": timing["steps_per_s"],
+        "final_potential": float(np.mean(frame.potential)), "final_temperature_k": float(temperature_k),
+        "trajectory": outputs[0] if len(outputs) == 1 else outputs, "log": log_path,
+        "neighbor_regrowths": sim.regrowths,
+    }
+    if reduced:
+        result.update({"units": "lj-reduced (timestep_fs, ns_per_day, final_temperature_k mapped onto argon: "
+                                "sigma 0.3405 nm, epsilon/kB 119.8 K, m 39.948 amu)",
+                       "timestep_tau": timestep, "final_temperature_reduced": float(np.mean(frame.temperature))})
+    _emit(args, result)
+
+
+def main(argv: Optional[list] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        {"energy": cmd_energy, "minimize": cmd_minimize, "simulate": cmd_simulate}[args.command](args)
+        return 0
+    except InputError as exc:
+        print(f"jmlsim: error: {str(exc).splitlines()[0] if str(exc) else 'bad input'}", file=sys.stderr)
+        return 2
+    except SimulationError as exc:
+        print(f"jmlsim: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("jmlsim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

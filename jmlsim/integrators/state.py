@@ -1,0 +1,59 @@
+"""The MD state pytree and kinetic helpers shared by all integrators.
+
+Integrators broadcast over leading axes: a state whose arrays carry a replica axis in front,
+(R, N, 3) positions and (R, N) masses, steps all replicas at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+Array = jnp.ndarray
+
+
+class MDState(NamedTuple):
+    """Everything needed to continue a trajectory exactly (it is what a checkpoint stores).
+
+    positions, velocities, forces: (..., N, 3) in nm, nm/ps, kJ/mol/nm (or reduced units).
+    masses: (..., N) amu. key: PRNG key (one per replica). box: (..., 3, 3) or None.
+    step: (...) int32 step counter. thermostat: integrator-specific pytree, or ().
+    """
+
+    positions: Array
+    velocities: Array
+    forces: Array
+    masses: Array
+    key: Array
+    box: Optional[Array]
+    step: Array
+    thermostat: Any = ()
+
+
+def kinetic_energy(velocities: Array, masses: Array) -> Array:
+    """0.5 sum m v^2 over atoms; (..., N, 3), (..., N) -> (...)."""
+    return 0.5 * jnp.sum(masses[..., None] * velocities * velocities, axis=(-2, -1))
+
+
+def temperature(kinetic: Array, dof: int, kB: float) -> Array:
+    """Instantaneous temperature 2 KE / (dof kB)."""
+    return 2.0 * kinetic / (dof * kB)
+
+
+def maxwell_boltzmann(key: Array, masses: Array, kT: float, remove_com: bool = True) -> Array:
+    """Velocities (N, 3) drawn at temperature kT (energy units), centre-of-mass momentum removed."""
+    v = jax.random.normal(key, (masses.shape[0], 3), dtype=masses.dtype) * jnp.sqrt(kT / masses)[:, None]
+    if remove_com:
+        v = v - jnp.sum(masses[:, None] * v, axis=0) / jnp.sum(masses)
+    return v
+
+
+def make_state(key, positions, masses, forces, box, kT, velocities=None, thermostat=()) -> MDState:
+    """Common init for one system: velocities from Maxwell-Boltzmann unless given."""
+    key, sub = jax.random.split(key)
+    if velocities is None:
+        velocities = maxwell_boltzmann(sub, masses, kT)
+    return MDState(positions=positions, velocities=jnp.asarray(velocities, positions.dtype), forces=forces,
+                   masses=masses, key=key, box=box, step=jnp.zeros((), jnp.int32), thermostat=thermostat)

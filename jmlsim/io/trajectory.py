@@ -1,0 +1,152 @@
+"""Trajectory writers that mdtraj reads: HDF5 (default), DCD and XTC.
+
+HDF5 is written with h5py in mdtraj's layout ("Pande" conventions 1.1: coordinates nm, time ps, cell lengths nm
+and angles degrees, a JSON topology), into resizable datasets flushed after every chunk; ``mdtraj.load`` reads it
+(mdtraj needs PyTables for that). DCD and XTC go through mdtraj's own writers. On resume a file is cut back to
+the frames the checkpoint accounts for, so no frame is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Optional
+
+import numpy as np
+
+from jmlsim import space
+
+FORMATS = {".h5": "hdf5", ".hdf5": "hdf5", ".dcd": "dcd", ".xtc": "xtc"}
+
+
+def trajectory_format(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in FORMATS:
+        raise ValueError(f"unknown trajectory format {ext!r} for {path} (use .h5, .dcd or .xtc)")
+    return FORMATS[ext]
+
+
+def generic_topology(n_atoms: int, element: str = "Ar", residue: str = "LJ"):
+    """An mdtraj Topology of n_atoms single-atom residues (for systems without a chemical topology)."""
+    import mdtraj
+
+    top = mdtraj.Topology()
+    chain = top.add_chain()
+    el = mdtraj.element.get_by_symbol(element)
+    for i in range(n_atoms):
+        top.add_atom(residue, el, top.add_residue(residue, chain, resSeq=i + 1))
+    return top
+
+
+def _topology_json(topology) -> bytes:
+    """mdtraj's JSON topology dict (what mdtraj.formats.HDF5TrajectoryFile stores)."""
+    chains = []
+    for chain in topology.chains:
+        residues = []
+        for res in chain.residues:
+            atoms = [{"index": a.index, "name": a.name,
+                      "element": a.element.symbol if a.element is not None else "VS"} for a in res.atoms]
+            residues.append({"index": res.index, "name": res.name, "resSeq": res.resSeq, "segmentID": "",
+                             "atoms": atoms})
+        chains.append({"index": chain.index, "chain_id": getattr(chain, "chain_id", None) or "A",
+                       "residues": residues})
+    bonds = [[b[0].index, b[1].index] for b in topology.bonds]
+    return json.dumps({"chains": chains, "bonds": bonds}).encode("ascii")
+
+
+class HDF5Writer:
+    """Append frames to an mdtraj-layout HDF5 file; ``keep_frames`` cuts an existing file back first."""
+
+    def __init__(self, path: str, topology, keep_frames: Optional[int] = None):
+        import h5py
+
+        self.path = path
+        if keep_frames is None:
+            self.file = h5py.File(path, "w")
+            root = self.file
+            root.attrs.update({"conventions": "Pande", "conventionVersion": "1.1", "program": "jmlsim",
+                               "programVersion": "0.1.0", "application": "jmlsim", "title": "jmlsim trajectory"})
+            n = topology.n_atoms
+            root.create_dataset("topology", data=np.array([_topology_json(topology)]))
+            for name, shape, unit in (("coordinates", (n, 3), "nanometers"), ("time", (), "picoseconds"),
+                                      ("cell_lengths", (3,), "nanometers"), ("cell_angles", (3,), "degrees")):
+                ds = root.create_dataset(name, shape=(0,) + shape, maxshape=(None,) + shape, dtype="f4",
+                                         chunks=(1,) + shape if shape else (1024,))
+                ds.attrs["units"] = unit
+        else:
+            self.file = h5py.File(path, "a")
+            for name in ("coordinates", "time", "cell_lengths", "cell_angles"):
+                if name in self.file:
+                    self.file[name].resize(keep_frames, axis=0)
+        self.file.flush()
+
+    def write(self, positions: np.ndarray, time: float, box: Optional[np.ndarray]) -> None:
+        """positions (N, 3) nm, time ps, box (3, 3) nm or None."""
+        f = self.file
+        i = f["coordinates"].shape[0]
+        for name in ("coordinates", "time", "cell_lengths", "cell_angles"):
+            f[name].resize(i + 1, axis=0)
+        f["coordinates"][i] = positions
+        f["time"][i] = time
+        if box is not None:
+            lengths, angles = space.lengths_and_angles(box)
+            f["cell_lengths"][i] = lengths
+            f["cell_angles"][i] = angles
+        f.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class MDTrajWriter:
+    """DCD or XTC through mdtraj's writers (DCD wants Angstrom, XTC nm: converted here)."""
+
+    def __init__(self, path: str, topology, keep_frames: Optional[int] = None):
+        import mdtraj
+
+        self.path = path
+        self.kind = trajectory_format(path)
+        if keep_frames:
+            _cut_back(path, topology, keep_frames)
+        cls = mdtraj.formats.DCDTrajectoryFile if self.kind == "dcd" else mdtraj.formats.XTCTrajectoryFile
+        self.file = cls(path, "a" if keep_frames else "w", force_overwrite=True)
+        self.step = 0
+
+    def write(self, positions: np.ndarray, time: float, box: Optional[np.ndarray]) -> None:
+        xyz = np.asarray(positions, np.float32)[None]
+        if self.kind == "dcd":
+            lengths, angles = space.lengths_and_angles(box) if box is not None else (None, None)
+            self.file.write(xyz * 10.0, cell_lengths=None if lengths is None else lengths[None] * 10.0,
+                            cell_angles=None if angles is None else angles[None])
+        else:
+            self.file.write(xyz, time=np.array([time], np.float32), step=np.array([self.step], np.int32),
+                            box=None if box is None else np.asarray(box, np.float32)[None])
+        self.step += 1
+        if hasattr(self.file, "flush"):
+            self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _cut_back(path: str, topology, keep_frames: int) -> None:
+    """Rewrite a DCD/XTC file with only its first keep_frames frames (atomic replace)."""
+    import mdtraj
+
+    traj = mdtraj.load(path, top=topology)[:keep_frames]
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1], dir=directory)
+    os.close(fd)
+    try:
+        traj.save(tmp, force_overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def open_writer(path: str, topology, keep_frames: Optional[int] = None):
+    """A writer for path's format; keep_frames (resume) keeps that many existing frames and appends."""
+    return HDF5Writer(path, topology, keep_frames) if trajectory_format(path) == "hdf5" else \
+        MDTrajWriter(path, topology, keep_frames)

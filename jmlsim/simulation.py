@@ -1,0 +1,264 @@
+"""The run loop: a jit-compiled chunk of steps (``lax.scan``) per host round-trip.
+
+Between chunks the host
+  * checks the neighbor-list overflow flag; on overflow it enlarges the list and *redoes the chunk* from the
+    saved start state, so no pair is ever dropped (also for a replica batch: one capacity serves all);
+  * checks for non-finite forces/energies and stops with an error naming the first bad step;
+  * hands a frame to the reporters (trajectory, log), advances the progress bar and writes checkpoints.
+
+A run with ``replicas=R`` carries a leading axis R on every state array and steps all replicas in one program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jmlsim import units
+from jmlsim.errors import SimulationError
+from jmlsim.integrators.state import MDState, kinetic_energy
+from jmlsim.neighbors import NeighborList, NeighborListSpec, plan
+from jmlsim.system import System
+
+
+class Frame(NamedTuple):
+    """What reporters receive after a chunk, on the host. Arrays carry a replica axis first when batched."""
+
+    step: int
+    time: float  # ps (or tau)
+    positions: np.ndarray  # (..., N, 3)
+    velocities: np.ndarray
+    box: Optional[np.ndarray]  # (..., 3, 3)
+    potential: np.ndarray  # (...)
+    kinetic: np.ndarray
+    temperature: np.ndarray
+    volume: Optional[np.ndarray]
+
+
+PRECISIONS = {"single": (jnp.float32, jnp.float32), "mixed": (jnp.float64, jnp.float32),
+              "double": (jnp.float64, jnp.float64)}
+
+
+def dtypes(precision: str):
+    """(state dtype, force dtype) for a precision name; enables x64 when needed."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (single, mixed, double)")
+    if precision != "single":
+        jax.config.update("jax_enable_x64", True)
+    return PRECISIONS[precision]
+
+
+@dataclasses.dataclass
+class Simulation:
+    """Drives ``integrator`` on ``system``.
+
+    kT: thermal energy (system units) for initial velocities. skin: neighbor-list skin (system length unit).
+    replicas: None for one system, or R for a batch of R copies with independent random streams.
+    neighbor_capacity: starting row width of the neighbor list (None: sized from the start structure).
+    """
+
+    system: System
+    integrator: Any
+    kT: float
+    seed: int = 0
+    precision: str = "single"
+    skin: float = 0.3
+    replicas: Optional[int] = None
+    neighbor_capacity: Optional[int] = None
+    velocities: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        self.dtype, self.force_dtype = dtypes(self.precision)
+        sys_ = self.system
+        self.params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.force_dtype), sys_.params)
+        positions = jnp.asarray(sys_.positions, self.dtype)
+        masses = jnp.asarray(sys_.masses, self.dtype)
+        box = None if sys_.box is None else jnp.asarray(sys_.box, self.dtype)
+        self.regrowths = 0
+        if sys_.neighbor_cutoff is not None:
+            self.spec, nbrs = plan(positions.astype(self.force_dtype), sys_.box, sys_.neighbor_cutoff, self.skin,
+                                   capacity=self.neighbor_capacity)
+            if bool(nbrs.overflow):  # the requested starting capacity is too small even for the start
+                self.spec = self.spec.regrown(nbrs, sys_.box)
+                nbrs = jax.jit(self.spec.build)(positions.astype(self.force_dtype), jnp.asarray(sys_.box, self.force_dtype))
+        else:
+            self.spec, nbrs = None, None
+        force_fn = self._force_fn(self.params, box)
+        forces, nbrs = jax.jit(force_fn)(positions, nbrs)
+        key = jax.random.PRNGKey(self.seed)
+        if self.replicas is None:
+            self.state = self.integrator.init(key, positions, masses, forces, box, self.kT, self.velocities)
+            self.nbrs = nbrs
+        else:
+            keys = jax.random.split(key, self.replicas)
+            init = lambda k: self.integrator.init(k, positions, masses, forces, box, self.kT, self.velocities)
+            self.state = jax.vmap(init)(keys)
+            self.nbrs = None if nbrs is None else jax.tree_util.tree_map(
+                lambda a: jnp.broadcast_to(a, (self.replicas,) + a.shape), nbrs)
+        self.dof = 3 * sys_.n_atoms - (3 if getattr(self.integrator, "conserves_momentum", False) else 0)
+        self._chunks: dict = {}
+        self.compile_seconds = 0.0
+
+    # -- compiled pieces ------------------------------------------------------------------------------
+    def _force_fn(self, params, box) -> Callable:
+        """force_fn(positions, nbrs) -> (forces, nbrs) for one system, rebuilding the list where it is stale."""
+        sys_, spec, fdt, sdt = self.system, self.spec, self.force_dtype, self.dtype
+
+        def force_fn(x, nbrs):
+            xf = x.astype(fdt)
+            if spec is not None:
+                nbrs = spec.update(nbrs, xf, None if box is None else box.astype(fdt))
+            f = sys_.forces(params, xf, None if box is None else box.astype(fdt), nbrs)
+            return f.astype(sdt), nbrs
+        return force_fn
+
+    def _batched_force_fn(self, params) -> Callable:
+        """As _force_fn for a replica batch: one rebuild decision for all replicas (see update_batch)."""
+        sys_, spec, fdt, sdt = self.system, self.spec, self.force_dtype, self.dtype
+
+        def force_fn(xb, nbrs, box):
+            xf = xb.astype(fdt)
+            boxf = None if box is None else box.astype(fdt)
+            if spec is not None:
+                nbrs = spec.update_batch(nbrs, xf, boxf)
+            f = jax.vmap(sys_.forces, (None, 0, None if box is None else 0, 0 if spec is not None else None))(
+                params, xf, boxf, nbrs)
+            return f.astype(sdt), nbrs
+        return force_fn
+
+    def _energy(self, params, state: MDState, nbrs):
+        """Potential energy at the state's positions, (...)."""
+        sys_, spec, fdt = self.system, self.spec, self.force_dtype
+
+        def one(x, box, nb):
+            xf = x.astype(fdt)
+            boxf = None if box is None else box.astype(fdt)
+            if spec is not None:
+                nb = spec.update(nb, xf, boxf)
+            return sys_.energy(params, xf, boxf, nb)
+        if self.replicas is None:
+            return one(state.positions, state.box, nbrs)
+        return jax.vmap(one, (0, None if state.box is None else 0, 0 if nbrs is not None else None))(
+            state.positions, state.box, nbrs)
+
+    def chunk_fn(self, n_steps: int, state: MDState, nbrs) -> Callable:
+        """Compiled (params, state, nbrs) -> (state, nbrs, potential, first_bad_step) advancing n_steps.
+
+        Compiled ahead of time per (neighbor spec, n_steps); compile time accumulates in compile_seconds.
+        """
+        key = (self.spec, n_steps)
+        if key in self._chunks:
+            return self._chunks[key]
+        integrator = self.integrator
+        batched = self.replicas is not None
+
+        def run(params, state, nbrs):
+            if batched:
+                bforce = self._batched_force_fn(params)
+                force_fn = lambda x, nb: bforce(x, nb, state.box)
+            else:
+                force_fn = self._force_fn(params, state.box)
+
+            def body(carry, _):
+                st, nb, bad = carry
+                st, nb = integrator.step(st, force_fn, nb)
+                finite = jnp.all(jnp.isfinite(st.forces)) & jnp.all(jnp.isfinite(st.positions))
+                step_now = jnp.max(st.step)
+                bad = jnp.where((bad < 0) & ~finite, step_now, bad)
+                return (st, nb, bad), None
+            (state, nbrs, bad), _ = jax.lax.scan(body, (state, nbrs, jnp.asarray(-1, jnp.int32)), None,
+                                                  length=n_steps)
+            return state, nbrs, self._energy(params, state, nbrs), bad
+        t0 = time.perf_counter()
+        fn = jax.jit(run).lower(self.params, state, nbrs).compile()
+        self.compile_seconds += time.perf_counter() - t0
+        self._chunks[key] = fn
+        return fn
+
+    # -- host loop ------------------------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        return int(np.max(np.asarray(self.state.step)))
+
+    def advance(self, n_steps: int) -> np.ndarray:
+        """Run n_steps as one chunk (redone with a larger neighbor list on overflow). Returns the potential."""
+        start_state, start_nbrs = self.state, self.nbrs
+        while True:
+            fn = self.chunk_fn(n_steps, start_state, start_nbrs)
+            state, nbrs, potential, bad = fn(self.params, start_state, start_nbrs)
+            overflow = False if nbrs is None else bool(np.any(np.asarray(nbrs.overflow)))
+            if not overflow:
+                break
+            # Enlarge the list and redo the whole chunk from where it started: nothing is dropped.
+            self.spec = self.spec.regrown(nbrs, None if start_state.box is None else np.asarray(start_state.box))
+            self.regrowths += 1
+            start_nbrs = self._rebuild(start_state)
+        bad = int(bad)
+        potential = np.asarray(potential)
+        if bad >= 0 or not np.all(np.isfinite(potential)):
+            where = f"at step {bad}" if bad >= 0 else f"by step {int(np.max(np.asarray(state.step)))}"
+            raise SimulationError(f"simulation blew up: non-finite forces or positions {where} "
+                                  f"(try a smaller timestep or minimize first)")
+        self.state, self.nbrs = state, nbrs
+        return potential
+
+    def _rebuild(self, state: MDState) -> Optional[NeighborList]:
+        """A fresh list (with the current spec) at the state's positions."""
+        if self.spec is None:
+            return None
+        build = self.spec.build
+        x = state.positions.astype(self.force_dtype)
+        box = None if state.box is None else state.box.astype(self.force_dtype)
+        if self.replicas is None:
+            return jax.jit(build)(x, box)
+        return jax.jit(jax.vmap(build, (0, None if box is None else 0)))(x, box)
+
+    def frame(self, potential: np.ndarray) -> Frame:
+        """The current state as a host-side Frame."""
+        st = jax.device_get(self.state)
+        kinetic = np.asarray(kinetic_energy(st.velocities, st.masses))
+        box = None if st.box is None else np.asarray(st.box)
+        vol = None if box is None else np.abs(np.linalg.det(box))
+        return Frame(step=self.step, time=self.step * self.integrator.timestep, positions=np.asarray(st.positions),
+                     velocities=np.asarray(st.velocities), box=box, potential=np.asarray(potential),
+                     kinetic=kinetic, temperature=2.0 * kinetic / (self.dof * self.system.kB), volume=vol)
+
+    def run(self, n_steps: int, report_interval: int, reporters: Sequence = (), progress: bool = True,
+            checkpoint: Optional[Callable[["Simulation"], None]] = None, checkpoint_every: int = 1) -> dict:
+        """Advance to step ``self.step + n_steps`` in chunks of ``report_interval`` steps.
+
+        After each chunk every reporter gets ``report(frame)``; every ``checkpoint_every`` chunks
+        ``checkpoint(self)`` is called (after the reporters flushed, so a checkpoint never points past data on
+        disk). Returns timing figures: wall_s, compile_s, steps_per_s (excluding compilation).
+        """
+        from jmlsim.progress import ProgressBar  # tqdm is imported lazily
+
+        target = self.step + n_steps
+        bar = ProgressBar(n_steps, self, enabled=progress)
+        wall0 = time.perf_counter()
+        compile0 = self.compile_seconds
+        chunks = 0
+        potential = None
+        try:
+            while self.step < target:
+                k = min(report_interval, target - self.step)
+                potential = self.advance(k)
+                chunks += 1
+                frame = self.frame(potential)
+                for reporter in reporters:
+                    reporter.report(frame)
+                if checkpoint is not None and (chunks % checkpoint_every == 0 or self.step >= target):
+                    checkpoint(self)
+                bar.update(k, frame)
+        finally:
+            bar.close()
+        wall = time.perf_counter() - wall0
+        compile_s = self.compile_seconds - compile0
+        run_s = max(wall - compile_s, 1e-9)
+        return {"wall_s": wall, "compile_s": compile_s, "steps_per_s": n_steps / run_s if n_steps else 0.0,
+                "final_potential": None if potential is None else potential}

@@ -1,0 +1,73 @@
+"""System: static topology and settings plus a differentiable parameter pytree, and a sum of named terms.
+
+Everything that fixes shapes (atom count, index arrays, neighbor cutoff) is static; everything a user may
+differentiate (force-field parameters, network weights) lives in ``params``, a dict keyed by term name, and
+is passed to jitted functions as an argument. That is what makes jit, vmap, grad and sharding work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jmlsim.neighbors import NeighborList
+
+Array = jnp.ndarray
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class System:
+    """A simulatable system.
+
+    terms: name -> energy term (``energy(params, positions, box, nbrs)``, optional ``forces``).
+    params: name -> that term's parameter pytree.
+    masses: (N,) in amu (or reduced mass units).
+    positions: (N, 3) starting positions, nm (or sigma).
+    box: (3, 3) box matrix with rows = lattice vectors, or None for open boundaries.
+    neighbor_cutoff: interaction cutoff the neighbor list must cover, or None (no list needed).
+    kB: Boltzmann's constant in the system's energy unit per K (1 for reduced units).
+    reduced_units: True for LJ reduced units (reporting maps them onto argon).
+    topology: an mdtraj.Topology for trajectory files, or None (a generic one is made).
+    """
+
+    terms: Mapping[str, Any]
+    params: Mapping[str, Any]
+    masses: np.ndarray
+    positions: np.ndarray
+    box: Optional[np.ndarray]
+    neighbor_cutoff: Optional[float]
+    kB: float
+    reduced_units: bool = False
+    topology: Any = None
+    name: str = "system"
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.masses.shape[0])
+
+    def energy_terms(self, params, positions: Array, box: Optional[Array], nbrs: Optional[NeighborList]) -> dict:
+        """Per-term energies {name: scalar}."""
+        return {name: term.energy(params[name], positions, box, nbrs) for name, term in self.terms.items()}
+
+    def energy(self, params, positions: Array, box: Optional[Array], nbrs: Optional[NeighborList]) -> Array:
+        """Total potential energy (scalar)."""
+        return sum(self.energy_terms(params, positions, box, nbrs).values())
+
+    def forces(self, params, positions: Array, box: Optional[Array], nbrs: Optional[NeighborList]) -> Array:
+        """Forces (N, 3) = -grad(energy): analytic where a term provides them, autodiff otherwise."""
+        total = jnp.zeros_like(positions)
+        autodiff = {}
+        for name, term in self.terms.items():
+            if hasattr(term, "forces"):
+                total = total + term.forces(params[name], positions, box, nbrs)
+            else:
+                autodiff[name] = term
+        if autodiff:
+            def rest(x):
+                return sum(t.energy(params[n], x, box, nbrs) for n, t in autodiff.items())
+            total = total - jax.grad(rest)(positions)
+        return total
