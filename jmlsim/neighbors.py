@@ -91,7 +91,7 @@ class NeighborListSpec:
         s = s - jnp.floor(s)
         cell = jnp.clip(jnp.floor(s * grid).astype(jnp.int32), 0, grid - 1)
         cell_id = (cell[:, 0] * grid[1] + cell[:, 1]) * grid[2] + cell[:, 2]
-        order = jnp.argsort(cell_id)
+        order = jnp.argsort(cell_id).astype(jnp.int32)
         sorted_id = cell_id[order]
         first = jnp.searchsorted(sorted_id, jnp.arange(n_cells, dtype=jnp.int32))
         slot = jnp.arange(n, dtype=jnp.int32) - first[sorted_id]

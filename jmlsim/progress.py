@@ -20,7 +20,7 @@ class ProgressBar:
         self.c0 = simulation.compile_seconds
         self.done = 0
         if enabled:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
             self.bar = tqdm(total=total_steps, unit="step", file=sys.stderr, dynamic_ncols=True,
                             desc=simulation.system.name)
 

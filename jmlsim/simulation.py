@@ -31,7 +31,7 @@ class Frame(NamedTuple):
 
     step: int
     time: float  # ps (or tau)
-    positions: np.ndarray  # (..., N, 3)
+    positions: np.ndarray  # (..., N, 3), unwrapped (continuous across the boundary; see space.wrap)
     velocities: np.ndarray
     box: Optional[np.ndarray]  # (..., 3, 3)
     potential: np.ndarray  # (...)
@@ -57,14 +57,14 @@ def dtypes(precision: str):
 class Simulation:
     """Drives ``integrator`` on ``system``.
 
-    kT: thermal energy (system units) for initial velocities. skin: neighbor-list skin (system length unit).
+    kT: thermal energy (system units) for initial velocities; defaults to the integrator's kT. skin: neighbor-list skin (system length unit).
     replicas: None for one system, or R for a batch of R copies with independent random streams.
     neighbor_capacity: starting row width of the neighbor list (None: sized from the start structure).
     """
 
     system: System
     integrator: Any
-    kT: float
+    kT: Optional[float] = None
     seed: int = 0
     precision: str = "single"
     skin: float = 0.3
@@ -74,6 +74,10 @@ class Simulation:
 
     def __post_init__(self):
         self.dtype, self.force_dtype = dtypes(self.precision)
+        if self.kT is None:
+            self.kT = getattr(self.integrator, "kT", None)
+            if self.kT is None:
+                raise ValueError("give kT for the initial velocities (the integrator has none)")
         sys_ = self.system
         self.params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.force_dtype), sys_.params)
         positions = jnp.asarray(sys_.positions, self.dtype)
@@ -164,10 +168,16 @@ class Simulation:
             else:
                 force_fn = self._force_fn(params, state.box)
 
+            # An atom that jumps further than the interaction cutoff in one step has blown up (and would
+            # outrun any neighbor list); 1 length unit when there is no cutoff.
+            jump2 = (self.system.neighbor_cutoff or 1.0) ** 2
+
             def body(carry, _):
                 st, nb, bad = carry
+                before = st.positions
                 st, nb = integrator.step(st, force_fn, nb)
-                finite = jnp.all(jnp.isfinite(st.forces)) & jnp.all(jnp.isfinite(st.positions))
+                moved2 = jnp.max(jnp.sum((st.positions - before) ** 2, axis=-1))
+                finite = jnp.all(jnp.isfinite(st.forces)) & jnp.all(jnp.isfinite(st.positions)) & (moved2 < jump2)
                 step_now = jnp.max(st.step)
                 bad = jnp.where((bad < 0) & ~finite, step_now, bad)
                 return (st, nb, bad), None
@@ -202,7 +212,7 @@ class Simulation:
         potential = np.asarray(potential)
         if bad >= 0 or not np.all(np.isfinite(potential)):
             where = f"at step {bad}" if bad >= 0 else f"by step {int(np.max(np.asarray(state.step)))}"
-            raise SimulationError(f"simulation blew up: non-finite forces or positions {where} "
+            raise SimulationError(f"simulation blew up: non-finite forces or an atom jumping past the cutoff {where} "
                                   f"(try a smaller timestep or minimize first)")
         self.state, self.nbrs = state, nbrs
         return potential
@@ -218,8 +228,14 @@ class Simulation:
             return jax.jit(build)(x, box)
         return jax.jit(jax.vmap(build, (0, None if box is None else 0)))(x, box)
 
-    def frame(self, potential: np.ndarray) -> Frame:
-        """The current state as a host-side Frame."""
+    def potential(self) -> np.ndarray:
+        """Potential energy of the current state (per replica when batched)."""
+        return np.asarray(jax.jit(self._energy)(self.params, self.state, self.nbrs))
+
+    def frame(self, potential: Optional[np.ndarray] = None) -> Frame:
+        """The current state as a host-side Frame (potential computed when not given)."""
+        if potential is None:
+            potential = self.potential()
         st = jax.device_get(self.state)
         kinetic = np.asarray(kinetic_energy(st.velocities, st.masses))
         box = None if st.box is None else np.asarray(st.box)

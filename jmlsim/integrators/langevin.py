@@ -11,15 +11,14 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 import jax.numpy as jnp
 
-from jmlsim.integrators.state import MDState, make_state
+from jmlsim.integrators.state import MDState, make_state, split_and_normal
 
 
 @dataclasses.dataclass(frozen=True)
 class LangevinBAOAB:
-    """timestep in ps, kT in kJ/mol, friction gamma in 1/ps (or reduced units)."""
+    """timestep in ps, kT in kJ/mol, friction gamma in 1/ps (in LJ reduced units: tau, epsilon, 1/tau)."""
 
     timestep: float
     kT: float
@@ -34,10 +33,9 @@ class LangevinBAOAB:
         dt = self.timestep
         inv_m = 1.0 / state.masses[..., None]
         c = math.exp(-self.friction * dt)
-        key, noise_key = jax.random.split(state.key)
         v = state.velocities + 0.5 * dt * state.forces * inv_m
         x = state.positions + 0.5 * dt * v
-        noise = jax.random.normal(noise_key, v.shape, v.dtype)
+        key, noise = split_and_normal(state.key, v.shape, v.dtype)
         v = c * v + jnp.sqrt((1.0 - c * c) * self.kT * inv_m) * noise
         x = x + 0.5 * dt * v
         f, aux = force_fn(x, aux)

@@ -50,6 +50,22 @@ def maxwell_boltzmann(key: Array, masses: Array, kT: float, remove_com: bool = T
     return v
 
 
+def split_and_normal(key: Array, shape, dtype) -> tuple[Array, Array]:
+    """(new key, standard normal noise of ``shape``) for one key (2,) or a stack of keys (..., 2).
+
+    A stack of keys belongs to a replica batch: each replica draws from its own stream, so a replica
+    run in a batch sees exactly the noise it would see alone.
+    """
+    if key.ndim == 1:
+        key, sub = jax.random.split(key)
+        return key, jax.random.normal(sub, shape, dtype)
+    batch = key.shape[:-1]
+    flat = key.reshape(-1, key.shape[-1])
+    pairs = jax.vmap(jax.random.split)(flat)
+    noise = jax.vmap(lambda k: jax.random.normal(k, shape[len(batch):], dtype))(pairs[:, 1])
+    return pairs[:, 0].reshape(key.shape), noise.reshape(shape)
+
+
 def make_state(key, positions, masses, forces, box, kT, velocities=None, thermostat=()) -> MDState:
     """Common init for one system: velocities from Maxwell-Boltzmann unless given."""
     key, sub = jax.random.split(key)

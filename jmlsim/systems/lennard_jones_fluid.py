@@ -34,7 +34,7 @@ def lennard_jones_fluid(n_atoms: int, density: float, cutoff: float = 2.5, switc
       cutoff: interaction cutoff in sigma. switch_distance: start of OpenMM's smooth switch (sigma), or None for
         a truncated (and by default shifted) potential.
     Returns:
-      A System in reduced units with kB = 1 and an mdtraj topology of 'LJ' atoms (element argon).
+      A System in reduced units with kB = 1 (trajectory writers give it a topology of 'LJ' atoms, element Ar).
     """
     if not n_atoms > 0:
         raise ValueError(f"number of atoms must be positive, got {n_atoms}")
