@@ -137,6 +137,16 @@ def _check_writable(path: str, what: str, overwrite: bool) -> None:
         raise InputError(f"{what} {path} exists (use --overwrite to replace it, or --resume)")
 
 
+def _simulation(system, integrator, **kwargs):
+    """Simulation(...), with its ValueErrors (e.g. cutoff + skin too long for the box) reported as bad input."""
+    from jmlsim.simulation import Simulation
+
+    try:
+        return Simulation(system, integrator, **kwargs)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
 def _emit(args, result: dict) -> None:
     if args.json:
         print(json.dumps(result))
@@ -155,8 +165,8 @@ def cmd_energy(args) -> None:
     system = load_system(args)
     if args.forces_out:
         _check_writable(args.forces_out, "forces file", overwrite=True)
-    sim = Simulation(system, VelocityVerlet(1.0), kT=0.0, precision=args.precision,
-                     skin=args.skin if args.skin is not None else 0.3)
+    sim = _simulation(system, VelocityVerlet(1.0), kT=0.0, precision=args.precision,
+                      skin=args.skin if args.skin is not None else 0.3)
     box = sim.state.box
     terms = jax.jit(lambda p, x, nb: system.energy_terms(p, x, box, nb))(sim.params, sim.state.positions, sim.nbrs)
     terms = {k: float(v) for k, v in terms.items()}
@@ -173,10 +183,12 @@ def cmd_minimize(args) -> None:
 
     system = load_system(args)
     dt = 0.005 if system.reduced_units else 0.001
-    sim = Simulation(system, VelocityVerlet(dt), kT=0.0, precision=args.precision,
-                     skin=args.skin if args.skin is not None else 0.3)
+    sim = _simulation(system, VelocityVerlet(dt), kT=0.0, precision=args.precision,
+                      skin=args.skin if args.skin is not None else 0.3)
     tol = args.tolerance if args.tolerance is not None else (1e-2 if system.reduced_units else 10.0)
     result = minimize(sim, tol, args.max_steps)
+    if not (math.isfinite(result["final_potential"]) and math.isfinite(result["max_force"])):
+        raise SimulationError(f"minimization diverged: non-finite energy after {result['steps']} steps")
     _emit(args, {"atoms": system.n_atoms, **result})
 
 
@@ -224,9 +236,9 @@ def cmd_simulate(args) -> None:
         integrator = by_name(args.integrator, timestep, kT, friction)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    sim = Simulation(system, integrator, kT=kT, seed=args.seed, precision=args.precision,
-                     skin=args.skin if args.skin is not None else 0.3, replicas=args.replicas,
-                     neighbor_capacity=args.neighbor_capacity)
+    sim = _simulation(system, integrator, kT=kT, seed=args.seed, precision=args.precision,
+                      skin=args.skin if args.skin is not None else 0.3, replicas=args.replicas,
+                      neighbor_capacity=args.neighbor_capacity)
     frames_done = 0
     if meta is not None:
         meta = ckpt.load(args.checkpoint, sim)

@@ -34,10 +34,13 @@ class Fire:
     f_dec: float = 0.5
     alpha_start: float = 0.1
     f_alpha: float = 0.99
+    max_displacement: float = 0.1  # largest move of any atom per step (length unit); keeps FIRE from flying off
 
     def step(self, st: FireState, force_fn, aux):
         v = st.velocities + 0.5 * st.dt * st.forces
-        x = st.positions + st.dt * v
+        dx = st.dt * v
+        longest = jnp.sqrt(jnp.max(jnp.sum(dx * dx, axis=-1)))
+        x = st.positions + dx * jnp.minimum(1.0, self.max_displacement / jnp.maximum(longest, 1e-30))
         f, aux = force_fn(x, aux)
         v = v + 0.5 * st.dt * f
         power = jnp.sum(f * v)
@@ -54,15 +57,19 @@ class Fire:
         return FireState(x, v, f, dt, alpha, n_positive), aux
 
 
-def minimize(sim, tolerance: float, max_steps: int = 5000, chunk: int = 100, dt_start: float | None = None) -> dict:
+def minimize(sim, tolerance: float, max_steps: int = 5000, chunk: int = 100, dt_start: float | None = None,
+             max_displacement: float | None = None) -> dict:
     """Minimize the energy of a single-system ``Simulation`` in place (positions, forces; velocities kept).
 
-    tolerance: largest per-atom force norm to stop at (system force units). Returns
+    tolerance: largest per-atom force norm to stop at (system force units). max_displacement caps any atom's
+    move per step (length units). Returns
     {'steps', 'initial_potential', 'final_potential', 'max_force'}.
     """
     if sim.replicas is not None:
         raise ValueError("minimize works on a single system")
-    fire = Fire(dt_start if dt_start is not None else sim.integrator.timestep)
+    if max_displacement is None:  # 0.1 sigma in reduced units, 0.01 nm otherwise
+        max_displacement = 0.1 if sim.system.reduced_units else 0.01
+    fire = Fire(dt_start if dt_start is not None else sim.integrator.timestep, max_displacement=max_displacement)
     energy0 = float(sim._energy(sim.params, sim.state, sim.nbrs))
     st = FireState(sim.state.positions, jnp.zeros_like(sim.state.positions), sim.state.forces,
                    jnp.asarray(fire.dt_start, sim.dtype), jnp.asarray(fire.alpha_start, sim.dtype),
