@@ -32,6 +32,8 @@ class System:
     kB: Boltzmann's constant in the system's energy unit per K (1 for reduced units).
     reduced_units: True for LJ reduced units (reporting maps them onto argon).
     topology: an mdtraj.Topology for trajectory files, or None (a generic one is made).
+    constraints: a :class:`jmlsim.constraints.Constraints` (bond lengths and rigid waters), or None.
+    molecules: (N,) int molecule id per atom (the Monte Carlo barostat scales molecule centres), or None.
     """
 
     terms: Mapping[str, Any]
@@ -44,10 +46,16 @@ class System:
     reduced_units: bool = False
     topology: Any = None
     name: str = "system"
+    constraints: Any = None
+    molecules: Optional[np.ndarray] = None
 
     @property
     def n_atoms(self) -> int:
         return int(self.masses.shape[0])
+
+    @property
+    def n_constraints(self) -> int:
+        return 0 if self.constraints is None else int(self.constraints.n_constraints)
 
     def energy_terms(self, params, positions: Array, box: Optional[Array], nbrs: Optional[NeighborList]) -> dict:
         """Per-term energies {name: scalar}."""

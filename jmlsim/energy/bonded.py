@@ -1,0 +1,112 @@
+"""Bonded terms: harmonic bonds, harmonic angles, periodic torsions (propers and impropers alike).
+
+Each term holds static atom-index arrays and takes its force constants and equilibrium values as a
+differentiable parameter NamedTuple, with OpenMM's functional forms and units:
+
+    bond      E = 1/2 k (r - r0)^2                  k kJ/mol/nm^2, r0 nm
+    angle     E = 1/2 k (theta - theta0)^2          k kJ/mol/rad^2, theta0 rad
+    torsion   E = k (1 + cos(n phi - phase))        k kJ/mol, n integer periodicity (static), phase rad
+
+Bonded terms are evaluated without periodic images (as OpenMM does by default): molecules must be whole, which
+they are in jmlsim's unwrapped trajectories. Forces come from autodiff (a scatter over a few thousand terms).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+Array = jnp.ndarray
+
+
+class HarmonicBondParams(NamedTuple):
+    """k (B,) kJ/mol/nm^2; length (B,) nm."""
+
+    k: Array
+    length: Array
+
+
+class HarmonicAngleParams(NamedTuple):
+    """k (A,) kJ/mol/rad^2; angle (A,) rad."""
+
+    k: Array
+    angle: Array
+
+
+class PeriodicTorsionParams(NamedTuple):
+    """k (T,) kJ/mol; phase (T,) rad."""
+
+    k: Array
+    phase: Array
+
+
+def bond_vectors(positions: Array, i: np.ndarray, j: np.ndarray) -> Array:
+    """positions[j] - positions[i], (..., 3)."""
+    return positions[j] - positions[i]
+
+
+def angle_values(positions: Array, atoms: np.ndarray) -> Array:
+    """Angles (A,) in rad at the middle atom of each (A, 3) triple; arctan2 form, stable near 0 and pi."""
+    u = positions[atoms[:, 0]] - positions[atoms[:, 1]]
+    v = positions[atoms[:, 2]] - positions[atoms[:, 1]]
+    cross = jnp.linalg.norm(jnp.cross(u, v), axis=-1)
+    return jnp.arctan2(cross, jnp.sum(u * v, axis=-1))
+
+
+def dihedral_values(positions: Array, atoms: np.ndarray) -> Array:
+    """IUPAC dihedral angles (T,) in rad, range (-pi, pi], for (T, 4) atom quadruples."""
+    b1 = positions[atoms[:, 1]] - positions[atoms[:, 0]]
+    b2 = positions[atoms[:, 2]] - positions[atoms[:, 1]]
+    b3 = positions[atoms[:, 3]] - positions[atoms[:, 2]]
+    n1 = jnp.cross(b1, b2)
+    n2 = jnp.cross(b2, b3)
+    b2_norm = jnp.linalg.norm(b2, axis=-1, keepdims=True)
+    m1 = jnp.cross(n1, b2 / b2_norm)
+    x = jnp.sum(n1 * n2, axis=-1)
+    y = jnp.sum(m1 * n2, axis=-1)
+    return jnp.arctan2(-y, x)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class HarmonicBond:
+    """atoms: (B, 2) int."""
+
+    atoms: np.ndarray
+
+    def energy(self, params: HarmonicBondParams, positions: Array, box=None, nbrs=None) -> Array:
+        if len(self.atoms) == 0:
+            return jnp.zeros((), positions.dtype)
+        d = bond_vectors(positions, self.atoms[:, 0], self.atoms[:, 1])
+        r = jnp.sqrt(jnp.sum(d * d, axis=-1))
+        return 0.5 * jnp.sum(params.k * (r - params.length) ** 2)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class HarmonicAngle:
+    """atoms: (A, 3) int, the vertex in the middle."""
+
+    atoms: np.ndarray
+
+    def energy(self, params: HarmonicAngleParams, positions: Array, box=None, nbrs=None) -> Array:
+        if len(self.atoms) == 0:
+            return jnp.zeros((), positions.dtype)
+        theta = angle_values(positions, self.atoms)
+        return 0.5 * jnp.sum(params.k * (theta - params.angle) ** 2)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PeriodicTorsion:
+    """atoms: (T, 4) int; periodicity: (T,) int (static: it selects the Fourier component)."""
+
+    atoms: np.ndarray
+    periodicity: np.ndarray
+
+    def energy(self, params: PeriodicTorsionParams, positions: Array, box=None, nbrs=None) -> Array:
+        if len(self.atoms) == 0:
+            return jnp.zeros((), positions.dtype)
+        phi = dihedral_values(positions, self.atoms)
+        n = jnp.asarray(self.periodicity, positions.dtype)
+        return jnp.sum(params.k * (1.0 + jnp.cos(n * phi - params.phase)))

@@ -1,0 +1,279 @@
+"""OpenMM's NonbondedForce: Lennard-Jones + Coulomb with exclusions and 1-4 exceptions.
+
+Methods (OpenMM's names in brackets):
+  * ``nocutoff``  [NoCutoff]: every pair, plain Coulomb; dense N x N (for vacuum and implicit-solvent systems).
+  * ``cutoff``    [CutoffNonPeriodic / CutoffPeriodic]: pairs within the cutoff, Coulomb with reaction field
+                  E = k q_i q_j (1/r + k_rf r^2 - c_rf) (OpenMM's definition, dielectric 78.3 by default).
+  * ``pme``       [PME]: direct space k q_i q_j erfc(alpha r)/r within the cutoff, plus the reciprocal sum
+                  (:mod:`jmlsim.energy.pme`), the self energy, the neutralizing-background term and, for every
+                  excluded or exception pair, the removal of the reciprocal sum's k q_i q_j erf(alpha r)/r.
+LJ uses Lorentz-Berthelot combining, is truncated at the cutoff (not shifted, as in OpenMM) and optionally
+switched with OpenMM's polynomial; the long-range dispersion correction is an isotropic tail integral.
+
+Exceptions (OpenMM's exception list: 1-2 and 1-3 exclusions with zero parameters, scaled 1-4 pairs) are removed
+from the pair sum and evaluated explicitly with their own charge product, sigma and epsilon, with no cutoff and
+no periodic images (OpenMM's default). Removing them from the neighbor-list sum is a table lookup: exceptions join
+atoms close in index (|i - j| <= 32 in DHFR), so a per-atom band of width 2W+1 answers "is (i, j) excluded" with
+one gather; the rare excluded pairs farther apart in index are subtracted explicitly instead.
+
+Units: nm, kJ/mol, e. Parameters are a :class:`NonbondedParams` pytree (all differentiable). The direct-space
+forces are analytic row sums over the full neighbor list; the rest comes from autodiff.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import erf, erfc
+
+from jmlsim import space
+from jmlsim.energy.pme import PMEReciprocal, ewald_self_energy, neutralizing_energy
+
+Array = jnp.ndarray
+
+ONE_4PI_EPS0 = 138.93545764438198  # kJ mol^-1 nm e^-2, OpenMM 8's Coulomb constant
+METHODS = ("nocutoff", "cutoff", "pme")
+_MAX_BAND = 64  # widest index band kept as a lookup table; farther exclusions are subtracted explicitly
+
+
+class NonbondedParams(NamedTuple):
+    """Per-atom charge (N,) e, sigma (N,) nm, epsilon (N,) kJ/mol; per-exception (E,) charge product e^2,
+    sigma nm, epsilon kJ/mol."""
+
+    charge: Array
+    sigma: Array
+    epsilon: Array
+    exception_charge_product: Array
+    exception_sigma: Array
+    exception_epsilon: Array
+
+
+def _safe_sqrt(x: Array) -> Array:
+    """sqrt with a zero (not infinite) gradient at 0: epsilon = 0 atoms (hydroxyl H) must not poison gradients."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
+def exclusion_band(n_atoms: int, pairs: np.ndarray, max_width: int = _MAX_BAND):
+    """Lookup table for excluded pairs.
+
+    Returns (band, width, far): band (N, 2W+1) bool with band[i, j - i + W] True when (i, j) is excluded;
+    far (F, 2) the excluded pairs with |i - j| > W (W = min(max |i - j|, max_width)).
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    gap = np.abs(pairs[:, 1] - pairs[:, 0]) if len(pairs) else np.zeros(0, np.int64)
+    width = int(min(gap.max(initial=0), max_width))
+    near = gap <= width
+    band = np.zeros((n_atoms, 2 * width + 1), dtype=bool)
+    i, j = pairs[near, 0], pairs[near, 1]
+    band[i, j - i + width] = True
+    band[j, i - j + width] = True
+    return band, width, pairs[~near].astype(np.int32)
+
+
+def dispersion_classes(sigma: np.ndarray, epsilon: np.ndarray):
+    """Group atoms by (sigma, epsilon) as OpenMM does for the dispersion correction.
+
+    Returns (representatives (C,) atom indices, weights (C, C)) with weights summing over i <= j class pairs to
+    the pair counts n_i n_j (i != j) and n_i (n_i + 1) / 2 (i == j), split symmetrically.
+    """
+    keys = np.stack([np.asarray(sigma, np.float64), np.asarray(epsilon, np.float64)], axis=1)
+    _, reps, counts = np.unique(keys, axis=0, return_index=True, return_counts=True)
+    counts = counts.astype(np.float64)
+    weights = np.outer(counts, counts) / 2.0  # off-diagonal halves: (i, j) + (j, i) = n_i n_j
+    np.fill_diagonal(weights, counts * (counts + 1) / 2.0)
+    return reps.astype(np.int32), weights
+
+
+def _switch(r: Array, switch_distance: float, cutoff: float):
+    """OpenMM's switching polynomial S(r) and dS/dr."""
+    width = cutoff - switch_distance
+    x = jnp.clip((r - switch_distance) / width, 0.0, 1.0)
+    s = 1.0 - x**3 * (10.0 - 15.0 * x + 6.0 * x * x)
+    ds = -30.0 * x * x * (1.0 - x) ** 2 / width
+    return s, ds
+
+
+def _dispersion_integrals(cutoff: float, switch_distance: Optional[float]) -> tuple[float, float]:
+    """(J12, J6): integrals of r^2 r^-n over what the truncated/switched LJ leaves out, n = 12, 6."""
+    j12 = 1.0 / (9.0 * cutoff**9)
+    j6 = 1.0 / (3.0 * cutoff**3)
+    if switch_distance is not None:
+        # Between the switching distance and the cutoff the switched potential omits (1 - S(r)) U(r).
+        r = np.linspace(switch_distance, cutoff, 20001)
+        x = (r - switch_distance) / (cutoff - switch_distance)
+        missing = x**3 * (10.0 - 15.0 * x + 6.0 * x * x)
+        j12 += np.trapezoid(missing * r**-10, r)
+        j6 += np.trapezoid(missing * r**-4, r)
+    return float(j12), float(j6)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Nonbonded:
+    """Static configuration of OpenMM's NonbondedForce.
+
+    method: 'nocutoff' | 'cutoff' | 'pme'. cutoff nm (None for nocutoff). periodic: box used (minimum image).
+    exceptions: (E, 2) int, every excluded or exception pair. switch_distance nm or None.
+    dispersion: (representatives, weights) from :func:`dispersion_classes`, or None for no correction.
+    pme: the reciprocal-space part for 'pme'. band/band_width/far_exclusions: from :func:`exclusion_band`.
+    """
+
+    method: str
+    n_atoms: int
+    exceptions: np.ndarray
+    band: np.ndarray
+    band_width: int
+    far_exclusions: np.ndarray
+    cutoff: Optional[float] = None
+    periodic: bool = False
+    triclinic: bool = False
+    switch_distance: Optional[float] = None
+    reaction_field_dielectric: float = 78.3
+    dispersion: Optional[tuple] = None
+    pme: Optional[PMEReciprocal] = None
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown nonbonded method {self.method!r} (choose {', '.join(METHODS)})")
+        if self.method != "nocutoff" and self.cutoff is None:
+            raise ValueError(f"nonbonded method {self.method!r} needs a cutoff")
+        if self.method == "pme" and (self.pme is None or not self.periodic):
+            raise ValueError("PME needs a periodic box and PME grid parameters")
+
+    @classmethod
+    def create(cls, method: str, n_atoms: int, exceptions: np.ndarray, **kwargs) -> "Nonbonded":
+        band, width, far = exclusion_band(n_atoms, exceptions)
+        return cls(method=method, n_atoms=n_atoms, exceptions=np.asarray(exceptions, np.int32).reshape(-1, 2),
+                   band=band, band_width=width, far_exclusions=far, **kwargs)
+
+    # -- pair kernel ----------------------------------------------------------------------------------
+    def _pair(self, r2: Array, qq: Array, sigma: Array, epsilon: Array):
+        """Direct-space energy u and -du/dr / r of pairs at squared distance r2 (no masking)."""
+        r = jnp.sqrt(r2)
+        inv_r = 1.0 / r
+        s6 = (sigma * sigma / r2) ** 3
+        u_lj = 4.0 * epsilon * (s6 * s6 - s6)
+        f_lj = 24.0 * epsilon * (2.0 * s6 * s6 - s6) / r2
+        if self.switch_distance is not None:
+            s, ds = _switch(r, self.switch_distance, self.cutoff)
+            f_lj = f_lj * s - u_lj * ds * inv_r
+            u_lj = u_lj * s
+        kqq = ONE_4PI_EPS0 * qq
+        if self.method == "pme":
+            alpha = self.pme.alpha
+            ec = erfc(alpha * r)
+            u_c = kqq * ec * inv_r
+            f_c = kqq * (ec * inv_r + 2.0 * alpha / math.sqrt(math.pi) * jnp.exp(-alpha * alpha * r2)) / r2
+        elif self.method == "cutoff":
+            eps_rf = self.reaction_field_dielectric
+            k_rf = (eps_rf - 1.0) / (2.0 * eps_rf + 1.0) / self.cutoff**3
+            c_rf = 3.0 * eps_rf / (2.0 * eps_rf + 1.0) / self.cutoff
+            u_c = kqq * (inv_r + k_rf * r2 - c_rf)
+            f_c = kqq * (inv_r / r2 - 2.0 * k_rf)
+        else:
+            u_c = kqq * inv_r
+            f_c = kqq * inv_r / r2
+        return u_lj + u_c, f_lj + f_c
+
+    def _displacements(self, positions: Array, box: Optional[Array], partners: Array) -> Array:
+        dr = positions[:, None, :] - positions[partners]
+        if self.periodic:
+            dr = space.minimum_image(dr, box, self.triclinic)
+        return dr
+
+    def _direct_pairs(self, params: NonbondedParams, positions: Array, box: Optional[Array], nbrs):
+        """Per-pair (N, K) energies, -du/dr/r and displacements of all non-excluded pairs within the cutoff."""
+        n = self.n_atoms
+        if self.method == "nocutoff" or nbrs is None:
+            partners = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None, :], (n, n))
+        else:
+            partners = nbrs.idx
+        dr = self._displacements(positions, box, jnp.minimum(partners, n - 1))
+        r2 = jnp.sum(dr * dr, axis=-1)
+        rows = jnp.arange(n, dtype=jnp.int32)[:, None]
+        offset = partners - rows
+        in_band = jnp.abs(offset) <= self.band_width
+        band = jnp.asarray(self.band)
+        excluded = in_band & band[rows, jnp.clip(offset + self.band_width, 0, 2 * self.band_width)]
+        keep = (partners < n) & (partners != rows) & ~excluded
+        if self.cutoff is not None:
+            keep = keep & (r2 < self.cutoff**2)
+        r2 = jnp.where(keep, r2, 1.0)  # finite values (and gradients) on masked pairs
+        q = params.charge
+        safe_partners = jnp.minimum(partners, n - 1)
+        sigma = 0.5 * (params.sigma[:, None] + params.sigma[safe_partners])
+        root_eps = _safe_sqrt(params.epsilon)
+        epsilon = root_eps[:, None] * root_eps[safe_partners]
+        u, f_over_r = self._pair(r2, q[:, None] * q[safe_partners], sigma, epsilon)
+        zero = jnp.zeros_like(u)
+        return jnp.where(keep, u, zero), jnp.where(keep, f_over_r, zero), dr
+
+    # -- the rest: exceptions, far exclusions, PME reciprocal, corrections ----------------------------
+    def _corrections(self, params: NonbondedParams, positions: Array, box: Optional[Array]) -> Array:
+        """Everything except the direct pair sum (small index lists and grids: autodiff is cheap here)."""
+        dtype = positions.dtype
+        energy = jnp.zeros((), dtype)
+        q = params.charge
+        if len(self.exceptions):
+            i, j = self.exceptions[:, 0], self.exceptions[:, 1]
+            d = positions[j] - positions[i]
+            r2 = jnp.sum(d * d, axis=-1)
+            r = jnp.sqrt(r2)
+            s6 = (params.exception_sigma**2 / r2) ** 3
+            energy = energy + jnp.sum(4.0 * params.exception_epsilon * (s6 * s6 - s6)
+                                      + ONE_4PI_EPS0 * params.exception_charge_product / r)
+            if self.method == "pme":
+                # the reciprocal sum includes every pair; excluded and exception pairs must not see it
+                energy = energy - ONE_4PI_EPS0 * jnp.sum(q[i] * q[j] * erf(self.pme.alpha * r) / r)
+        if len(self.far_exclusions):
+            # excluded pairs outside the lookup band were counted by the pair sum: take them out again
+            i, j = self.far_exclusions[:, 0], self.far_exclusions[:, 1]
+            d = positions[i] - positions[j]
+            if self.periodic:
+                d = space.minimum_image(d, box, self.triclinic)
+            r2 = jnp.sum(d * d, axis=-1)
+            inside = r2 < (self.cutoff**2 if self.cutoff is not None else jnp.inf)
+            r2 = jnp.where(inside, r2, 1.0)
+            root_eps = _safe_sqrt(params.epsilon)
+            u, _ = self._pair(r2, q[i] * q[j], 0.5 * (params.sigma[i] + params.sigma[j]), root_eps[i] * root_eps[j])
+            energy = energy - jnp.sum(jnp.where(inside, u, 0.0))
+        if self.method == "pme":
+            energy = energy + self.pme.energy(q, positions, box)
+            energy = energy + ewald_self_energy(q, self.pme.alpha)
+            energy = energy + neutralizing_energy(q, self.pme.alpha, jnp.abs(jnp.linalg.det(box)))
+        if self.dispersion is not None and self.periodic:
+            energy = energy + self.dispersion_energy(params, box)
+        return energy
+
+    def dispersion_energy(self, params: NonbondedParams, box: Array) -> Array:
+        """Long-range dispersion correction (kJ/mol): 8 pi N^2 / V [<eps sig^12> J12 - <eps sig^6> J6]."""
+        reps, weights = self.dispersion
+        sig = params.sigma[reps]
+        root_eps = _safe_sqrt(params.epsilon[reps])
+        sig_ij = 0.5 * (sig[:, None] + sig[None, :])
+        eps_ij = root_eps[:, None] * root_eps[None, :]
+        w = jnp.asarray(weights, sig.dtype)
+        n = self.n_atoms
+        n_pairs = n * (n + 1) / 2.0
+        mean12 = jnp.sum(w * eps_ij * sig_ij**12) / n_pairs
+        mean6 = jnp.sum(w * eps_ij * sig_ij**6) / n_pairs
+        j12, j6 = _dispersion_integrals(self.cutoff, self.switch_distance)
+        volume = jnp.abs(jnp.linalg.det(box))
+        return 8.0 * math.pi * n * n * (mean12 * j12 - mean6 * j6) / volume
+
+    # -- public ---------------------------------------------------------------------------------------
+    def energy(self, params: NonbondedParams, positions: Array, box: Optional[Array], nbrs=None) -> Array:
+        """Total nonbonded energy (kJ/mol). Each pair appears twice in the full pair arrays, hence 1/2."""
+        u, _, _ = self._direct_pairs(params, positions, box, nbrs)
+        return 0.5 * jnp.sum(u) + self._corrections(params, positions, box)
+
+    def forces(self, params: NonbondedParams, positions: Array, box: Optional[Array], nbrs=None) -> Array:
+        """Forces (N, 3) kJ/mol/nm: analytic row sums for the pair sum, autodiff for the rest."""
+        _, f_over_r, dr = self._direct_pairs(params, positions, box, nbrs)
+        direct = jnp.sum(f_over_r[..., None] * dr, axis=1)
+        return direct - jax.grad(self._corrections, argnums=1)(params, positions, box)
