@@ -16,6 +16,8 @@ from typing import Optional
 from jmlsim.errors import InputError, SimulationError
 
 LJ_DEFAULT_CUTOFF = 2.5
+MM_DEFAULT_CUTOFF = 0.9  # nm
+MM_DEFAULT_SKIN = 0.12  # nm: an atom may move 0.06 nm (~20 steps of 2 fs for water H at 300 K) between rebuilds
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,11 +60,16 @@ def _add_system_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prmtop"), g.add_argument("--inpcrd"), g.add_argument("--pdb")
     g.add_argument("--forcefield", nargs="+"), g.add_argument("--gro"), g.add_argument("--top")
     g.add_argument("--potential"), g.add_argument("--xyz")
-    g.add_argument("--nonbonded", choices=["nocutoff", "cutoff", "reaction-field", "pme"])
-    g.add_argument("--cutoff", type=_finite("cutoff"), help="nm (LJ: sigma; default 2.5)")
-    g.add_argument("--switch-distance", type=_finite("switch distance"), help="LJ: start of the smooth switch")
-    g.add_argument("--constraints", choices=["none", "hbonds", "allbonds", "hangles"])
-    g.add_argument("--hmr", action="store_true")
+    g.add_argument("--include-dir", help="GROMACS: directory of the force-field .itp files the .top includes")
+    g.add_argument("--implicit-solvent", choices=["obc2"], help="AMBER prmtop: GBSA-OBC2 implicit solvent")
+    g.add_argument("--nonbonded", choices=["nocutoff", "cutoff", "reaction-field", "pme"],
+                   help="default: pme if the input is periodic, else nocutoff. 'cutoff' is truncated Coulomb "
+                        "(reaction-field dielectric 1), 'reaction-field' OpenMM's cutoff with dielectric 78.3")
+    g.add_argument("--cutoff", type=_finite("cutoff"), help="nm (default 0.9; LJ: sigma, default 2.5)")
+    g.add_argument("--switch-distance", type=_finite("switch distance"), help="start of the LJ switch (nm; LJ: sigma)")
+    g.add_argument("--constraints", choices=["none", "hbonds", "allbonds", "hangles"], default="hbonds",
+                   help="bond constraints (default hbonds; rigid water unless none)")
+    g.add_argument("--hmr", action="store_true", help="hydrogen mass repartitioning (H 3.024 amu) for 4 fs steps")
     g.add_argument("--precision", choices=["single", "mixed", "double"], default="single")
     g.add_argument("--skin", type=_finite("skin"), help="neighbor-list skin (LJ: sigma, default 0.3; else nm)")
     g.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
@@ -121,10 +128,48 @@ def load_system(args):
             return lennard_jones_fluid(args.lj, args.density, args.cutoff or LJ_DEFAULT_CUTOFF, args.switch_distance)
         except ValueError as exc:
             raise InputError(str(exc)) from None
-    for flag in ("prmtop", "pdb", "gro", "potential"):
-        if getattr(args, flag):
-            raise InputError(f"--{flag} systems are not built yet (only --lj N --density RHO is available)")
-    raise InputError("no system given: use --lj N --density RHO")
+    from jmlsim.io import openmm_import as omm
+
+    cutoff = args.cutoff if args.cutoff is not None else MM_DEFAULT_CUTOFF
+    common = dict(nonbonded=args.nonbonded, cutoff=cutoff, constraints=args.constraints, hmr=args.hmr,
+                  switch_distance=args.switch_distance)
+    if args.switch_distance is not None and not args.switch_distance < cutoff:
+        raise InputError(f"--switch-distance {args.switch_distance:g} must be below the cutoff {cutoff:g}")
+    given = [flag for flag in ("prmtop", "pdb", "gro", "potential") if getattr(args, flag)]
+    if len(given) > 1:
+        raise InputError(f"give one system, not {' and '.join('--' + g for g in given)}")
+    if args.prmtop:
+        if not args.inpcrd:
+            raise InputError("--prmtop needs --inpcrd")
+        return omm.load_amber(args.prmtop, args.inpcrd, implicit_solvent=args.implicit_solvent, **common)
+    if args.implicit_solvent:
+        raise InputError("--implicit-solvent applies to --prmtop inputs (for PDB inputs add implicit/obc2.xml)")
+    if args.pdb:
+        if not args.forcefield:
+            raise InputError("--pdb needs --forcefield (e.g. amber14-all.xml amber14/tip3p.xml)")
+        return omm.load_pdb(args.pdb, args.forcefield, **common)
+    if args.gro:
+        if not args.top:
+            raise InputError("--gro needs --top")
+        return omm.load_gromacs(args.gro, args.top, include_dir=args.include_dir, **common)
+    if args.potential:
+        raise InputError("--potential systems (neural potentials) are not built yet")
+    raise InputError("no system given: use --prmtop/--inpcrd, --pdb/--forcefield, --gro/--top or --lj N --density RHO")
+
+
+def _default_skin(args, system) -> float:
+    if args.skin is not None:
+        return args.skin
+    return 0.3 if system.reduced_units else MM_DEFAULT_SKIN
+
+
+def terms_by_force_class(terms: dict) -> dict:
+    """Per-term energies summed per OpenMM force class (``HarmonicBondForce#2`` counts as HarmonicBondForce)."""
+    out: dict = {}
+    for name, value in terms.items():
+        key = name.split("#")[0]
+        out[key] = out.get(key, 0.0) + float(value)
+    return out
 
 
 def _check_writable(path: str, what: str, overwrite: bool) -> None:
@@ -166,10 +211,11 @@ def cmd_energy(args) -> None:
     if args.forces_out:
         _check_writable(args.forces_out, "forces file", overwrite=True)
     sim = _simulation(system, VelocityVerlet(1.0), kT=0.0, precision=args.precision,
-                      skin=args.skin if args.skin is not None else 0.3)
-    box = sim.state.box
-    terms = jax.jit(lambda p, x, nb: system.energy_terms(p, x, box, nb))(sim.params, sim.state.positions, sim.nbrs)
-    terms = {k: float(v) for k, v in terms.items()}
+                      skin=_default_skin(args, system), constrain_start=False)
+    box = None if sim.state.box is None else sim.state.box.astype(sim.force_dtype)
+    x = sim.state.positions.astype(sim.force_dtype)
+    terms = jax.jit(lambda p, x, nb: system.energy_terms(p, x, box, nb))(sim.params, x, sim.nbrs)
+    terms = terms_by_force_class(terms)
     if args.forces_out:
         np.save(args.forces_out, np.asarray(sim.state.forces, np.float64))
     _emit(args, {"atoms": system.n_atoms, "terms": terms, "total": sum(terms.values()),
@@ -184,7 +230,7 @@ def cmd_minimize(args) -> None:
     system = load_system(args)
     dt = 0.005 if system.reduced_units else 0.001
     sim = _simulation(system, VelocityVerlet(dt), kT=0.0, precision=args.precision,
-                      skin=args.skin if args.skin is not None else 0.3)
+                      skin=_default_skin(args, system))
     tol = args.tolerance if args.tolerance is not None else (1e-2 if system.reduced_units else 10.0)
     result = minimize(sim, tol, args.max_steps)
     if not (math.isfinite(result["final_potential"]) and math.isfinite(result["max_force"])):
@@ -204,6 +250,8 @@ def cmd_simulate(args) -> None:
 
     system = load_system(args)
     reduced = system.reduced_units
+    if args.pressure is not None and not reduced:
+        raise InputError("--pressure (Monte Carlo barostat) is not available yet for force-field systems")
     if reduced:
         timestep = args.timestep if args.timestep is not None else 0.005
         temperature = args.temperature if args.temperature is not None else 1.0
@@ -233,11 +281,11 @@ def cmd_simulate(args) -> None:
         if args.checkpoint:
             _check_writable(args.checkpoint, "checkpoint", overwrite=args.overwrite)
     try:
-        integrator = by_name(args.integrator, timestep, kT, friction)
+        integrator = by_name(args.integrator, timestep, kT, friction, constraints=system.constraints)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     sim = _simulation(system, integrator, kT=kT, seed=args.seed, precision=args.precision,
-                      skin=args.skin if args.skin is not None else 0.3, replicas=args.replicas,
+                      skin=_default_skin(args, system), replicas=args.replicas,
                       neighbor_capacity=args.neighbor_capacity)
     frames_done = 0
     if meta is not None:

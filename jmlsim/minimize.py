@@ -1,4 +1,4 @@
-"""FIRE energy minimization (Bitzek et al., PRL 97, 170201 (2006)).
+"""Energy minimization: FIRE (Bitzek et al., PRL 97, 170201 (2006)) here, L-BFGS in :mod:`jmlsim.lbfgs`.
 
 Runs in jit-compiled chunks of steps like the MD loop, with the same neighbor-list rule: on overflow the list
 grows and the chunk is redone. Stops when the largest per-atom force falls below ``tolerance``.
@@ -57,13 +57,29 @@ class Fire:
         return FireState(x, v, f, dt, alpha, n_positive), aux
 
 
-def minimize(sim, tolerance: float, max_steps: int = 5000, chunk: int = 100, dt_start: float | None = None,
-             max_displacement: float | None = None) -> dict:
-    """Minimize the energy of a single-system ``Simulation`` in place (positions, forces; velocities kept).
+def minimize(sim, tolerance: float, max_steps: int = 5000, method: str | None = None, **kwargs) -> dict:
+    """Minimize a single-system ``Simulation`` in place with ``method`` 'lbfgs' (:mod:`jmlsim.lbfgs`; the
+    default for force-field systems, constraint-aware) or 'fire' (the default in LJ reduced units).
+    Returns {'steps', 'initial_potential', 'final_potential', 'max_force', 'converged', 'method'}."""
+    if method is None:
+        method = "fire" if sim.system.reduced_units else "lbfgs"
+    if method == "lbfgs":
+        from jmlsim.lbfgs import minimize_lbfgs
+        return minimize_lbfgs(sim, tolerance, max_iterations=max_steps, **kwargs)
+    if method != "fire":
+        raise ValueError(f"unknown minimizer {method!r} (lbfgs or fire)")
+    if getattr(sim.integrator, "constraints", None) is not None:
+        raise ValueError("FIRE does not handle constraints; use method='lbfgs'")
+    return minimize_fire(sim, tolerance, max_steps, **kwargs)
+
+
+def minimize_fire(sim, tolerance: float, max_steps: int = 5000, chunk: int = 100, dt_start: float | None = None,
+                  max_displacement: float | None = None) -> dict:
+    """FIRE minimization of a single-system ``Simulation`` in place (positions, forces; velocities kept).
 
     tolerance: largest per-atom force norm to stop at (system force units). max_displacement caps any atom's
     move per step (length units). Returns
-    {'steps', 'initial_potential', 'final_potential', 'max_force'}.
+    {'steps', 'initial_potential', 'final_potential', 'max_force', 'converged', 'method'}.
     """
     if sim.replicas is not None:
         raise ValueError("minimize works on a single system")
@@ -100,4 +116,4 @@ def minimize(sim, tolerance: float, max_steps: int = 5000, chunk: int = 100, dt_
     sim.nbrs = nbrs
     energy = float(sim._energy(sim.params, sim.state, sim.nbrs))
     return {"steps": steps, "initial_potential": energy0, "final_potential": energy, "max_force": fmax,
-            "converged": bool(done)}
+            "converged": bool(done), "method": "fire"}

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jmlsim import units
+from jmlsim import space, units
 from jmlsim.errors import SimulationError
 from jmlsim.integrators.state import MDState, kinetic_energy
 from jmlsim.neighbors import NeighborList, NeighborListSpec, plan
@@ -57,7 +57,11 @@ def dtypes(precision: str):
 class Simulation:
     """Drives ``integrator`` on ``system``.
 
-    kT: thermal energy (system units) for initial velocities; defaults to the integrator's kT. skin: neighbor-list skin (system length unit).
+    kT: thermal energy (system units) for initial velocities; defaults to the integrator's kT.
+    skin: neighbor-list skin (system length unit); shortened where the box is too small for cutoff + skin.
+    Constraints: when the system has them, the integrator gets them (unless it has its own), the start positions
+    are constrained and the start velocities projected (``constrain_start``), and the temperature counts
+    3N - constraints (- 3 when momentum is conserved) degrees of freedom.
     replicas: None for one system, or R for a batch of R copies with independent random streams.
     neighbor_capacity: starting row width of the neighbor list (None: sized from the start structure).
     """
@@ -71,6 +75,7 @@ class Simulation:
     replicas: Optional[int] = None
     neighbor_capacity: Optional[int] = None
     velocities: Optional[np.ndarray] = None
+    constrain_start: bool = True
 
     def __post_init__(self):
         self.dtype, self.force_dtype = dtypes(self.precision)
@@ -79,9 +84,22 @@ class Simulation:
             if self.kT is None:
                 raise ValueError("give kT for the initial velocities (the integrator has none)")
         sys_ = self.system
+        if sys_.constraints is not None and hasattr(self.integrator, "constraints") \
+                and self.integrator.constraints is None:
+            self.integrator = dataclasses.replace(self.integrator, constraints=sys_.constraints)
+        if sys_.neighbor_cutoff is not None and sys_.box is not None:
+            # small periodic boxes (216 waters at 0.9 nm) leave less than the default skin below half the width
+            room = 0.5 * float(np.min(space.widths(np.asarray(sys_.box)))) - sys_.neighbor_cutoff
+            if room <= 0:
+                raise ValueError(f"cutoff {sys_.neighbor_cutoff:g} exceeds half the smallest box width "
+                                 f"{room + sys_.neighbor_cutoff:g}")
+            self.skin = min(self.skin, 0.999 * room)
         self.params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.force_dtype), sys_.params)
         positions = jnp.asarray(sys_.positions, self.dtype)
         masses = jnp.asarray(sys_.masses, self.dtype)
+        constraints = getattr(self.integrator, "constraints", None)
+        if constraints is not None and self.constrain_start:
+            positions = jax.jit(constraints.positions)(positions, positions, masses)
         box = None if sys_.box is None else jnp.asarray(sys_.box, self.dtype)
         self.regrowths = 0
         if sys_.neighbor_cutoff is not None:
@@ -104,7 +122,11 @@ class Simulation:
             self.state = jax.vmap(init)(keys)
             self.nbrs = None if nbrs is None else jax.tree_util.tree_map(
                 lambda a: jnp.broadcast_to(a, (self.replicas,) + a.shape), nbrs)
-        self.dof = 3 * sys_.n_atoms - (3 if getattr(self.integrator, "conserves_momentum", False) else 0)
+        if constraints is not None and self.constrain_start:
+            st = self.state
+            self.state = st._replace(velocities=jax.jit(constraints.velocities)(st.positions, st.velocities, st.masses))
+        n_constraints = 0 if constraints is None else constraints.n_constraints
+        self.dof = 3 * sys_.n_atoms - n_constraints - (3 if getattr(self.integrator, "conserves_momentum", False) else 0)
         self._chunks: dict = {}
         self.compile_seconds = 0.0
 
@@ -245,9 +267,12 @@ class Simulation:
                      kinetic=kinetic, temperature=2.0 * kinetic / (self.dof * self.system.kB), volume=vol)
 
     def run(self, n_steps: int, report_interval: int, reporters: Sequence = (), progress: bool = True,
-            checkpoint: Optional[Callable[["Simulation"], None]] = None, checkpoint_every: int = 1) -> dict:
+            checkpoint: Optional[Callable[["Simulation"], None]] = None, checkpoint_every: int = 1,
+            barostat=None) -> dict:
         """Advance to step ``self.step + n_steps`` in chunks of ``report_interval`` steps.
 
+        With a ``barostat`` (:class:`jmlsim.barostat.MonteCarloBarostat`), chunks are at most
+        ``barostat.frequency`` steps and a volume move is attempted after each (``barostat.attempt(self)``).
         After each chunk every reporter gets ``report(frame)``; every ``checkpoint_every`` chunks
         ``checkpoint(self)`` is called (after the reporters flushed, so a checkpoint never points past data on
         disk). Returns timing figures: wall_s, compile_s, steps_per_s (excluding compilation).
@@ -263,7 +288,12 @@ class Simulation:
         try:
             while self.step < target:
                 k = min(report_interval, target - self.step)
+                if barostat is not None:
+                    k = min(k, barostat.frequency)
                 potential = self.advance(k)
+                if barostat is not None:
+                    barostat.attempt(self)
+                    potential = self.potential()
                 chunks += 1
                 frame = self.frame(potential)
                 for reporter in reporters:

@@ -343,9 +343,9 @@ SIM = ["simulate", "--density", DENSITY, "--steps", 10, "--no-progress"]
     pytest.param(["energy"], id="energy-no-system"),
     pytest.param(["minimize"], id="minimize-no-system"),
     pytest.param(["energy", "--lj", 256], id="lj-without-density"),
-    # 108 atoms at density 0.8: half the box (2.56) is shorter than cutoff + skin (2.8)
-    pytest.param(["energy", "--lj", 108, "--density", DENSITY], id="energy-box-too-small"),
-    pytest.param(["simulate", "--lj", 108, "--density", DENSITY, "--steps", 10], id="simulate-box-too-small"),
+    # 32 atoms at density 0.8: half the box (1.71) is shorter than the cutoff (2.5); a short skin is tolerated
+    pytest.param(["energy", "--lj", 32, "--density", DENSITY], id="energy-box-too-small"),
+    pytest.param(["simulate", "--lj", 32, "--density", DENSITY, "--steps", 10], id="simulate-box-too-small"),
     pytest.param(["energy", "--lj", 256, "--density", DENSITY, "--forces-out", "afile.txt/f.npy"],
                  id="forces-out-under-a-file"),
     pytest.param([], id="no-command"),

@@ -13,12 +13,13 @@ __all__ = ["MDState", "kinetic_energy", "maxwell_boltzmann", "temperature", "Vel
            "NoseHooverChain", "by_name"]
 
 
-def by_name(name: str, timestep: float, kT: float, friction: float = 1.0, tau: float | None = None):
+def by_name(name: str, timestep: float, kT: float, friction: float = 1.0, tau: float | None = None,
+            constraints=None):
     """Build an integrator from its CLI name: ``verlet``, ``langevin`` or ``nose-hoover``."""
     if name == "verlet":
-        return VelocityVerlet(timestep)
+        return VelocityVerlet(timestep, constraints=constraints)
     if name == "langevin":
-        return LangevinBAOAB(timestep, kT, friction)
+        return LangevinBAOAB(timestep, kT, friction, constraints=constraints)
     if name == "nose-hoover":
-        return NoseHooverChain(timestep, kT, tau if tau is not None else 100.0 * timestep)
+        return NoseHooverChain(timestep, kT, tau if tau is not None else 100.0 * timestep, constraints=constraints)
     raise ValueError(f"unknown integrator {name!r} (choose verlet, langevin, nose-hoover)")

@@ -4,25 +4,33 @@ One step is B(dt/2) A(dt/2) O(dt) A(dt/2) B(dt/2), with O the exact Ornstein-Uhl
 v <- c v + sqrt((1 - c^2) kT / m) xi, c = exp(-gamma dt). OpenMM's LangevinMiddleIntegrator is the same
 scheme written with the two half kicks merged (velocities at half steps); positions, and so configurational
 sampling, are identical. Here velocities are reported on full steps.
+
+With constraints the A-O-A part is one constrained drift from the previous (constrained) positions, as in
+OpenMM's LangevinMiddleIntegrator: SHAKE/SETTLE once per step, and the correction goes into the velocities;
+every kick is followed by a RATTLE velocity projection.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import jax.numpy as jnp
 
+from jmlsim.integrators.constrained import project_velocities
 from jmlsim.integrators.state import MDState, make_state, split_and_normal
 
 
 @dataclasses.dataclass(frozen=True)
 class LangevinBAOAB:
-    """timestep in ps, kT in kJ/mol, friction gamma in 1/ps (in LJ reduced units: tau, epsilon, 1/tau)."""
+    """timestep in ps, kT in kJ/mol, friction gamma in 1/ps (in LJ reduced units: tau, epsilon, 1/tau);
+    constraints: a :class:`jmlsim.constraints.Constraints` or None."""
 
     timestep: float
     kT: float
     friction: float = 1.0
+    constraints: Any = None
     conserves_momentum = False
 
     def init(self, key, positions, masses, forces, box, kT=None, velocities=None) -> MDState:
@@ -33,11 +41,16 @@ class LangevinBAOAB:
         dt = self.timestep
         inv_m = 1.0 / state.masses[..., None]
         c = math.exp(-self.friction * dt)
-        v = state.velocities + 0.5 * dt * state.forces * inv_m
+        cons, m = self.constraints, state.masses
+        v = project_velocities(cons, state.positions, state.velocities + 0.5 * dt * state.forces * inv_m, m)
         x = state.positions + 0.5 * dt * v
         key, noise = split_and_normal(state.key, v.shape, v.dtype)
         v = c * v + jnp.sqrt((1.0 - c * c) * self.kT * inv_m) * noise
         x = x + 0.5 * dt * v
+        if cons is not None:
+            fixed = cons.positions(x, state.positions, m)
+            v = v + (fixed - x) / dt
+            x = fixed
         f, aux = force_fn(x, aux)
-        v = v + 0.5 * dt * f * inv_m
+        v = project_velocities(cons, x, v + 0.5 * dt * f * inv_m, m)
         return state._replace(positions=x, velocities=v, forces=f, key=key, step=state.step + 1), aux

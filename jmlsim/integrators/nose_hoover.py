@@ -9,10 +9,11 @@ The conserved quantity (``conserved_energy``) is
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
+from jmlsim.integrators.constrained import drift, project_velocities, removed_dof
 from jmlsim.integrators.state import MDState, kinetic_energy, make_state
 
 Array = jnp.ndarray
@@ -31,18 +32,23 @@ class ChainState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class NoseHooverChain:
-    """timestep in ps, kT in kJ/mol, tau (chain period) in ps; chain_length M; dof = 3N - 3 (momentum kept 0)."""
+    """timestep in ps, kT in kJ/mol, tau (chain period) in ps; chain_length M; dof = 3N - 3 - constraints
+    (momentum kept 0); constraints: a :class:`jmlsim.constraints.Constraints` or None (RATTLE inside)."""
 
     timestep: float
     kT: float
     tau: float
     chain_length: int = 3
     substeps: int = 1
+    constraints: Any = None
     conserves_momentum = True
+
+    def _dof(self, n_atoms: int) -> int:
+        return 3 * n_atoms - 3 - removed_dof(self.constraints)
 
     def init(self, key, positions, masses, forces, box, kT=None, velocities=None) -> MDState:
         state = make_state(key, positions, masses, forces, box, self.kT if kT is None else kT, velocities)
-        dof = 3 * masses.shape[0] - 3
+        dof = self._dof(masses.shape[0])
         dtype = positions.dtype
         q = jnp.full((self.chain_length,), self.kT * self.tau**2, dtype).at[0].set(dof * self.kT * self.tau**2)
         zeros = jnp.zeros((self.chain_length,), dtype)
@@ -51,7 +57,7 @@ class NoseHooverChain:
     def _propagate_chain(self, v: Array, masses: Array, chain: ChainState, dt: float):
         """Advance the chain by half of dt and scale the velocities; v (..., N, 3), chain (..., M)."""
         m_len = self.chain_length
-        dof = 3 * masses.shape[-1] - 3
+        dof = self._dof(masses.shape[-1])
         kT = self.kT
         ke2 = 2.0 * kinetic_energy(v, masses)
         xi, v_xi, q = chain.xi, chain.v_xi, chain.mass
@@ -86,17 +92,18 @@ class NoseHooverChain:
         dt = self.timestep
         inv_m = 1.0 / state.masses[..., None]
         v, chain = self._propagate_chain(state.velocities, state.masses, state.thermostat, dt)
-        v = v + 0.5 * dt * state.forces * inv_m
-        x = state.positions + dt * v
+        cons, m = self.constraints, state.masses
+        v = project_velocities(cons, state.positions, v + 0.5 * dt * state.forces * inv_m, m)
+        x, v = drift(cons, state.positions, v, m, dt)
         f, aux = force_fn(x, aux)
-        v = v + 0.5 * dt * f * inv_m
+        v = project_velocities(cons, x, v + 0.5 * dt * f * inv_m, m)
         v, chain = self._propagate_chain(v, state.masses, chain, dt)
         return state._replace(positions=x, velocities=v, forces=f, step=state.step + 1, thermostat=chain), aux
 
     def conserved_energy(self, state: MDState, potential: Array) -> Array:
         """Extended-system energy, constant along an exact trajectory."""
         chain = state.thermostat
-        dof = 3 * state.masses.shape[-1] - 3
+        dof = self._dof(state.masses.shape[-1])
         return (kinetic_energy(state.velocities, state.masses) + potential
                 + jnp.sum(0.5 * chain.mass * chain.v_xi**2, axis=-1) + dof * self.kT * chain.xi[..., 0]
                 + self.kT * jnp.sum(chain.xi[..., 1:], axis=-1))

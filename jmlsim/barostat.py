@@ -1,0 +1,323 @@
+"""Monte Carlo barostat (isotropic or anisotropic), following OpenMM's MonteCarloBarostat algorithm.
+
+Every ``frequency`` steps (``Simulation.run(..., barostat=B)`` calls ``B.attempt(sim)`` after each chunk):
+
+1. draw a volume change dV uniformly in [-max_delta, +max_delta) (anisotropic: first pick one of x, y, z);
+2. scale the box (isotropic: every lattice vector by s = (V'/V)^(1/3); anisotropic: the chosen Cartesian
+   component of every lattice vector by V'/V) and move every molecule rigidly so that its *geometric centre*
+   is scaled the same way (as OpenMM does, so constraint lengths are untouched);
+3. accept with probability min(1, exp(-dW / kT)), dW = U' - U + P dV - N_mol kT ln(V'/V)
+   (the NPT ensemble with molecule-centre scaling; N_mol counts molecules, not atoms);
+4. adapt max_delta every >= 10 attempts towards 25-75 % acceptance (/1.1 below 25 %, *1.1 above 75 %, capped
+   at 0.3 V), starting from 0.01 V, exactly like OpenMM.
+
+Velocities are not scaled (OpenMM does not scale them either). Positions stay unwrapped: scaling the unwrapped
+centre c + n.L gives s c + n.(s L), the same point modulo the new box, so no wrapping is needed.
+
+Units: pressure in bar converted with 1 bar = 0.0602214076 kJ mol^-1 nm^-3 (10^5 Pa x 10^-27 m^3/nm^3 x N_A /
+1000); for reduced-unit systems (``system.reduced_units``) ``pressure_bar`` is read as a reduced pressure
+(epsilon / sigma^3) and ``temperature_k`` as a reduced temperature (kB = 1).
+
+All energy work (old energy, trial scaling, trial neighbor list, trial energy and forces) is one compiled
+function per (system, neighbor spec, dtypes); the random numbers and the adaptive step live on the host in a
+small mutable :class:`BarostatStats` held by the (frozen) barostat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jmlsim import space
+
+BAR_TO_KJ_MOL_NM3 = 0.0602214076  # 1 bar = 1e5 J/m^3 = 1e-22 J/nm^3; x N_A / 1000 -> kJ/mol/nm^3
+AMU_PER_NM3_TO_G_PER_CM3 = 1.66053906660e-3  # 1 amu = 1.66053906660e-24 g, 1 nm^3 = 1e-21 cm^3
+MODES = ("isotropic", "anisotropic")
+
+
+def acceptance_probability(delta_u: float, delta_v: float, volume: float, pressure: float, n_molecules: int,
+                           kT: float) -> float:
+    """Metropolis probability of a volume move (all in consistent units, e.g. kJ/mol, nm^3, kJ/mol/nm^3).
+
+    delta_u: U(trial) - U(current). delta_v: V' - V. volume: V. pressure: P. n_molecules: N_mol.
+    Returns min(1, exp(-dW/kT)) with dW = dU + P dV - N_mol kT ln(V'/V).
+    """
+    w = reduced_work(delta_u, delta_v, volume, pressure, n_molecules, kT)
+    return 1.0 if w <= 0.0 else math.exp(-w)
+
+
+def reduced_work(delta_u: float, delta_v: float, volume: float, pressure: float, n_molecules: int,
+                 kT: float) -> float:
+    """dW / kT = (dU + P dV - N_mol kT ln((V + dV) / V)) / kT (dimensionless)."""
+    return (delta_u + pressure * delta_v) / kT - n_molecules * math.log((volume + delta_v) / volume)
+
+
+def molecule_ids(system) -> np.ndarray:
+    """(N,) contiguous molecule ids 0..M-1 for the barostat.
+
+    ``system.molecules`` when set; otherwise every atom is its own molecule, except that atoms joined by
+    constraints (bonds and rigid waters) are merged, so a move never stretches a constraint.
+    """
+    n = system.n_atoms
+    if system.molecules is not None:
+        ids = np.asarray(system.molecules)
+        if ids.shape != (n,):
+            raise ValueError(f"system.molecules has shape {ids.shape}, expected ({n},)")
+        return np.unique(ids, return_inverse=True)[1].astype(np.int32).reshape(n)
+    parent = np.arange(n)
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+    cons = system.constraints
+    links = []
+    if cons is not None:
+        links += [tuple(p) for p in np.asarray(cons.pairs).reshape(-1, 2)]
+        for o, h1, h2 in np.asarray(cons.waters).reshape(-1, 3):
+            links += [(o, h1), (o, h2)]
+    for a, b in links:
+        ra, rb = find(int(a)), find(int(b))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    roots = np.array([find(a) for a in range(n)])
+    return np.unique(roots, return_inverse=True)[1].astype(np.int32).reshape(n)
+
+
+def molecule_centres(positions, molecules: np.ndarray, n_molecules: int):
+    """Geometric centres (M, 3) of the molecules; positions (N, 3) unwrapped, molecules (N,) ids 0..M-1."""
+    counts = np.bincount(molecules, minlength=n_molecules).astype(np.float64)
+    sums = jax.ops.segment_sum(positions, jnp.asarray(molecules), num_segments=n_molecules)
+    return sums / jnp.asarray(counts, positions.dtype)[:, None]
+
+
+def scale_molecules(positions, molecules: np.ndarray, n_molecules: int, scale):
+    """Move each molecule rigidly so its geometric centre c becomes c * scale (component-wise).
+
+    positions (N, 3) nm (unwrapped, molecules whole); scale (3,) or scalar. Returns (N, 3).
+    """
+    scale = jnp.asarray(scale, positions.dtype)
+    centres = molecule_centres(positions, molecules, n_molecules)
+    return positions + (centres * (scale - 1.0))[jnp.asarray(molecules)]
+
+
+def density(masses, box) -> float:
+    """Mass density in g/cm^3 from masses (N,) amu and a box (3, 3) nm."""
+    return float(np.sum(np.asarray(masses)) / abs(np.linalg.det(np.asarray(box))) * AMU_PER_NM3_TO_G_PER_CM3)
+
+
+@dataclasses.dataclass
+class BarostatStats:
+    """Host-side mutable state of a barostat: counters, adaptive step, random stream, compiled functions.
+
+    attempts, accepted: totals over the barostat's life. max_delta: current maximum volume change, nm^3
+    (anisotropic: (3,), one per axis). window_attempts/window_accepted: counters since the last adaptation
+    (per axis when anisotropic). last: details of the latest trial (delta_v, volume, delta_u, work (dW/kT),
+    probability, accepted, axis). compile_seconds: time spent compiling the trial functions.
+    """
+
+    rng: np.random.Generator
+    attempts: int = 0
+    accepted: int = 0
+    max_delta: Optional[np.ndarray] = None
+    window_attempts: Optional[np.ndarray] = None
+    window_accepted: Optional[np.ndarray] = None
+    last: dict = dataclasses.field(default_factory=dict)
+    compile_seconds: float = 0.0
+    cache: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.attempts if self.attempts else 0.0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MonteCarloBarostat:
+    """Monte Carlo barostat for a single-system :class:`jmlsim.simulation.Simulation` with a periodic box.
+
+    pressure_bar: target pressure, bar. temperature_k: the temperature of the acceptance test, K (should
+    match the thermostat's). frequency: steps between attempts. mode: 'isotropic' (all lattice vectors scaled
+    together) or 'anisotropic' (one of x, y, z scaled per attempt, like MonteCarloAnisotropicBarostat).
+    seed: seed of the barostat's own random stream. initial_max_delta: starting maximum volume change, nm^3
+    (default 0.01 V, as OpenMM). adapt: adjust max_delta towards 25-75 % acceptance.
+    The mutable part (counters, max_delta, random stream) is ``stats`` (a :class:`BarostatStats`).
+    """
+
+    pressure_bar: float
+    temperature_k: float
+    frequency: int = 25
+    mode: str = "isotropic"
+    seed: int = 0
+    initial_max_delta: Optional[float] = None
+    adapt: bool = True
+    stats: BarostatStats = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown barostat mode {self.mode!r} (choose {', '.join(MODES)})")
+        if not self.frequency >= 1:
+            raise ValueError(f"barostat frequency must be >= 1, got {self.frequency}")
+        if not (math.isfinite(self.pressure_bar) and self.temperature_k > 0):
+            raise ValueError("barostat needs a finite pressure and a positive temperature")
+        object.__setattr__(self, "stats", BarostatStats(rng=np.random.default_rng(self.seed)))
+
+    # -- host-side pieces -----------------------------------------------------------------------------
+    @property
+    def max_delta(self):
+        return self.stats.max_delta
+
+    def pressure(self, system) -> float:
+        """Target pressure in the system's units (kJ/mol/nm^3, or reduced)."""
+        return self.pressure_bar * (1.0 if system.reduced_units else BAR_TO_KJ_MOL_NM3)
+
+    def kT(self, system) -> float:
+        return system.kB * self.temperature_k
+
+    def _init_step(self, volume: float) -> None:
+        st = self.stats
+        if st.max_delta is None:
+            start = 0.01 * volume if self.initial_max_delta is None else float(self.initial_max_delta)
+            k = 3 if self.mode == "anisotropic" else 1
+            st.max_delta = np.full(k, start)
+            st.window_attempts = np.zeros(k, int)
+            st.window_accepted = np.zeros(k, int)
+
+    def _adapt(self, slot: int, volume: float) -> None:
+        """OpenMM's rule: after >= 10 attempts, shrink by 1.1 below 25 % acceptance, grow above 75 %."""
+        st = self.stats
+        n, acc = st.window_attempts[slot], st.window_accepted[slot]
+        if not self.adapt or n < 10:
+            return
+        if acc < 0.25 * n:
+            st.max_delta[slot] /= 1.1
+        elif acc > 0.75 * n:
+            st.max_delta[slot] = min(st.max_delta[slot] * 1.1, 0.3 * volume)
+        else:
+            return
+        st.window_attempts[slot] = 0
+        st.window_accepted[slot] = 0
+
+    def _trial_fn(self, sim, params, positions, box, nbrs, scale):
+        """The compiled trial function for this simulation's current neighbor spec (cached).
+
+        trial(params, positions, box, nbrs, scale) -> (U_old, U_new, positions', box', forces', nbrs',
+        old list overflowed, new list overflowed).
+        """
+        key = (id(sim.system), sim.spec, jnp.dtype(sim.dtype).name, jnp.dtype(sim.force_dtype).name)
+        cache = self.stats.cache
+        if key in cache:
+            return cache[key][1]
+        sys_, spec, fdt, sdt = sim.system, sim.spec, sim.force_dtype, sim.dtype
+        mol = molecule_ids(sys_)
+        n_mol = int(mol.max()) + 1
+
+        def trial(params, x, box, nbrs, scale):
+            xf, boxf = x.astype(fdt), box.astype(fdt)
+            nb_old = nbrs if spec is None else spec.update(nbrs, xf, boxf)
+            u_old = sys_.energy(params, xf, boxf, nb_old)
+            x_new = scale_molecules(x, mol, n_mol, scale)
+            box_new = box * scale.astype(box.dtype)[None, :]  # scales Cartesian components: stays reduced form
+            xnf, bnf = x_new.astype(fdt), box_new.astype(fdt)
+            # A fresh list at the trial box: the old one's reference positions and cell grid belong to the old box.
+            nb_new = None if spec is None else spec.build(xnf, bnf, nb_old)
+            u_new = sys_.energy(params, xnf, bnf, nb_new)
+            f_new = sys_.forces(params, xnf, bnf, nb_new).astype(sdt)
+            no = jnp.zeros((), bool)
+            over_old = no if spec is None else nb_old.overflow
+            over_new = no if spec is None else nb_new.overflow
+            return u_old, u_new, x_new, box_new, f_new, nb_new, over_old, over_new
+        t0 = time.perf_counter()
+        fn = jax.jit(trial).lower(params, positions, box, nbrs, scale).compile()
+        dt = time.perf_counter() - t0
+        self.stats.compile_seconds += dt
+        sim.compile_seconds += dt  # so Simulation.run's steps_per_s excludes it
+        cache[key] = (mol, fn)
+        return fn
+
+    def _n_molecules(self, sim) -> int:
+        key = ("n_molecules", id(sim.system))
+        if key not in self.stats.cache:
+            # (the entry keeps the system alive, so its id cannot be reused by another one)
+            self.stats.cache[key] = (sim.system, int(molecule_ids(sim.system).max()) + 1)
+        return self.stats.cache[key][1]
+
+    # -- the move -------------------------------------------------------------------------------------
+    def attempt(self, sim) -> bool:
+        """One volume move on ``sim`` (updates sim.state and sim.nbrs when accepted). Returns True if accepted."""
+        if sim.replicas is not None:
+            raise NotImplementedError("the Monte Carlo barostat does not support replica batches yet")
+        state = sim.state
+        if state.box is None:
+            raise ValueError("a barostat needs a periodic box")
+        sys_ = sim.system
+        box = np.asarray(state.box, dtype=np.float64)
+        volume = abs(float(np.linalg.det(box)))
+        self._init_step(volume)
+        st = self.stats
+        # The random draws come first (always two per attempt, plus the axis), so the stream does not depend
+        # on the outcome of the energy evaluation.
+        slot = int(st.rng.integers(3)) if self.mode == "anisotropic" else 0
+        delta_v = float(st.max_delta[slot]) * 2.0 * (st.rng.random() - 0.5)
+        uniform = st.rng.random()
+        new_volume = volume + delta_v
+        scale = np.ones(3)
+        if self.mode == "isotropic":
+            scale[:] = (new_volume / volume) ** (1.0 / 3.0)
+        else:
+            scale[slot] = new_volume / volume
+        pressure, kT = self.pressure(sys_), self.kT(sys_)
+        mol_count = None
+        accepted = False
+        details = dict(delta_v=delta_v, volume=volume, axis=slot if self.mode == "anisotropic" else None)
+        cutoff = sys_.neighbor_cutoff
+        if new_volume <= 0 or (cutoff is not None and 0.5 * np.min(space.widths(box * scale[None, :])) < cutoff):
+            # The trial box cannot hold the cutoff (OpenMM would raise): reject it.
+            details.update(delta_u=math.inf, work=math.inf, probability=0.0)
+        else:
+            scale_j = jnp.asarray(scale, sim.dtype)
+            box_j = jnp.asarray(state.box)
+            spec_changed = False
+            for _ in range(10):
+                fn = self._trial_fn(sim, sim.params, state.positions, box_j, sim.nbrs, scale_j)
+                u_old, u_new, x_new, box_new, f_new, nb_new, over_old, over_new = fn(
+                    sim.params, state.positions, box_j, sim.nbrs, scale_j)
+                if not (bool(over_old) or bool(over_new)):
+                    break
+                # Enlarge the list (or re-plan the cell grid for the smaller trial box) and redo the trial.
+                # (regrown plans the cell grid for the smaller of both boxes, so either outcome fits it)
+                sim.spec = sim.spec.regrown(nb_new, np.stack([box, box * scale[None, :]]))
+                sim.regrowths += 1
+                sim.nbrs = sim._rebuild(state)
+                spec_changed = True
+            else:
+                raise RuntimeError("barostat: neighbor list kept overflowing at the trial box")
+            mol_count = self._n_molecules(sim)
+            delta_u = float(u_new) - float(u_old)
+            if not math.isfinite(delta_u):
+                work = math.inf
+            else:
+                work = reduced_work(delta_u, delta_v, volume, pressure, mol_count, kT)
+            probability = 0.0 if not math.isfinite(work) else (1.0 if work <= 0 else math.exp(-work))
+            accepted = uniform < probability
+            details.update(delta_u=delta_u, work=work, probability=probability)
+            if accepted:
+                sim.state = state._replace(positions=x_new, box=box_new, forces=f_new)
+                sim.nbrs = nb_new
+            elif spec_changed:
+                sim.nbrs = sim._rebuild(state)
+        details["accepted"] = accepted
+        details["n_molecules"] = mol_count
+        st.last = details
+        st.attempts += 1
+        st.accepted += int(accepted)
+        st.window_attempts[slot] += 1
+        st.window_accepted[slot] += int(accepted)
+        self._adapt(slot, new_volume if accepted else volume)
+        return accepted
