@@ -34,7 +34,11 @@ def _describe(sim) -> dict:
         "n_atoms": sim.system.n_atoms,
         "replicas": sim.replicas,
         "integrator": type(sim.integrator).__name__,
-        "integrator_settings": {k: v for k, v in dataclasses.asdict(sim.integrator).items()},
+        # the Constraints object holds arrays: record its size, not its contents
+        "integrator_settings": {f.name: getattr(sim.integrator, f.name) for f in dataclasses.fields(sim.integrator)
+                                if f.name != "constraints"},
+        "constraints": 0 if getattr(sim.integrator, "constraints", None) is None
+        else int(sim.integrator.constraints.n_constraints),
         "precision": sim.precision,
     }
 

@@ -274,6 +274,48 @@ def _result(system: System, omm_system, return_openmm: bool):
     return (system, omm_system) if return_openmm else system
 
 
+def _check_bonds_parameterized(topology, omm_system, source: str) -> None:
+    """Every bond of the topology must be a bond term or a constraint. OpenMM's ForceField leaves out a bond
+    whose atom classes have no HarmonicBondForce entry without a word; jmlsim refuses instead."""
+    import openmm as mm
+
+    covered = set()
+    for i in range(omm_system.getNumConstraints()):
+        a, b, _ = omm_system.getConstraintParameters(i)
+        covered.add((min(a, b), max(a, b)))
+    for force in omm_system.getForces():
+        if isinstance(force, mm.HarmonicBondForce):
+            for i in range(force.getNumBonds()):
+                a, b = force.getBondParameters(i)[:2]
+                covered.add((min(a, b), max(a, b)))
+        elif isinstance(force, mm.CustomBondForce) and "r0" in [force.getPerBondParameterName(k) for k in
+                                                                 range(force.getNumPerBondParameters())]:
+            for i in range(force.getNumBonds()):
+                a, b = force.getBondParameters(i)[:2]
+                covered.add((min(a, b), max(a, b)))
+    for bond in topology.bonds():
+        a, b = bond[0], bond[1]
+        if (min(a.index, b.index), max(a.index, b.index)) not in covered:
+            res = a.residue
+            raise InputError(f"missing bond parameters in {source}: bond {a.name}-{b.name} of residue "
+                             f"{res.name} {res.id} (chain {res.chain.id}) has no HarmonicBondForce entry for its "
+                             f"atom types")
+
+
+def _old_or_truncated_prmtop(path: str, exc: Exception) -> Optional[str]:
+    """A one-line diagnosis for prmtops OpenMM cannot read, or None."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if b"%FLAG" not in head:
+        return f"{path} is not a modern AMBER prmtop (no %FLAG sections: old pre-Amber 7 format or not a prmtop); " \
+               f"convert it with ParmEd or cpptraj"
+    if isinstance(exc, (KeyError, IndexError, ValueError)):
+        missing = str(exc).strip("'\"")
+        return f"{path} is truncated or incomplete (cannot read section {missing})" if isinstance(exc, KeyError) \
+            else f"{path} is truncated or malformed: {_one_line(exc)}"
+    return None
+
+
 def _require_file(path: str, what: str) -> None:
     if not os.path.isfile(path):
         raise InputError(f"{what} file {path} not found")
@@ -297,7 +339,8 @@ def load_amber(prmtop: str, inpcrd: str, nonbonded: Optional[str] = None, cutoff
     try:
         top = app.AmberPrmtopFile(prmtop)
     except Exception as exc:
-        raise InputError(f"cannot read prmtop {prmtop}: {_one_line(exc)}") from None
+        raise InputError(_old_or_truncated_prmtop(prmtop, exc) or f"cannot read prmtop {prmtop}: {_one_line(exc)}") \
+            from None
     try:
         crd = app.AmberInpcrdFile(inpcrd)
     except Exception as exc:
@@ -313,7 +356,8 @@ def load_amber(prmtop: str, inpcrd: str, nonbonded: Optional[str] = None, cutoff
     try:
         omm = top.createSystem(**kwargs)
     except Exception as exc:
-        raise InputError(f"cannot build a system from {prmtop}: {_one_line(exc)}") from None
+        raise InputError(_old_or_truncated_prmtop(prmtop, exc)
+                         or f"cannot build a system from {prmtop}: {_one_line(exc)}") from None
     if omm.getNumParticles() != len(crd.positions):
         raise InputError(f"{inpcrd} has {len(crd.positions)} atoms but {prmtop} has {omm.getNumParticles()}")
     _plain_cutoff(omm, nonbonded)
@@ -344,6 +388,7 @@ def load_pdb(pdb: str, forcefields: Sequence[str], nonbonded: Optional[str] = No
         omm = ff.createSystem(structure.topology, **kwargs)
     except Exception as exc:
         raise InputError(f"cannot apply the force field to {pdb}: {_one_line(exc)}") from None
+    _check_bonds_parameterized(structure.topology, omm, pdb)
     _plain_cutoff(omm, nonbonded)
     return _result(from_openmm(omm, structure.positions, structure.topology, box_vectors,
                                name=os.path.basename(pdb)), omm, return_openmm)
