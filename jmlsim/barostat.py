@@ -19,7 +19,7 @@ Units: pressure in bar converted with 1 bar = 0.0602214076 kJ mol^-1 nm^-3 (10^5
 (epsilon / sigma^3) and ``temperature_k`` as a reduced temperature (kB = 1).
 
 All energy work (old energy, trial scaling, trial neighbor list, trial energy and forces) is one compiled
-function per (system, neighbor spec, dtypes); the random numbers and the adaptive step live on the host in a
+function per (system, neighbor spec, dtypes), shared between barostats; the random numbers and the adaptive step live on the host in a
 small mutable :class:`BarostatStats` held by the (frozen) barostat.
 """
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import weakref
 from typing import Any, Optional
 
 import jax
@@ -39,6 +40,10 @@ from jmlsim import space
 BAR_TO_KJ_MOL_NM3 = 0.0602214076  # 1 bar = 1e5 J/m^3 = 1e-22 J/nm^3; x N_A / 1000 -> kJ/mol/nm^3
 AMU_PER_NM3_TO_G_PER_CM3 = 1.66053906660e-3  # 1 amu = 1.66053906660e-24 g, 1 nm^3 = 1e-21 cm^3
 MODES = ("isotropic", "anisotropic")
+
+# Compiled trial functions, shared by all barostats: system -> {(neighbor spec, state dtype, force dtype): fn}.
+# Weak keys, so a dropped system takes its compiled code with it.
+_TRIALS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def acceptance_probability(delta_u: float, delta_v: float, volume: float, pressure: float, n_molecules: int,
@@ -120,7 +125,8 @@ class BarostatStats:
     attempts, accepted: totals over the barostat's life. max_delta: current maximum volume change, nm^3
     (anisotropic: (3,), one per axis). window_attempts/window_accepted: counters since the last adaptation
     (per axis when anisotropic). last: details of the latest trial (delta_v, volume, delta_u, work (dW/kT),
-    probability, accepted, axis). compile_seconds: time spent compiling the trial functions.
+    probability, accepted, axis, n_molecules, potential = U of the state left behind). compile_seconds: time this barostat spent compiling trial functions
+    (they are cached per system and neighbor spec, and shared between barostats).
     """
 
     rng: np.random.Generator
@@ -131,7 +137,6 @@ class BarostatStats:
     window_accepted: Optional[np.ndarray] = None
     last: dict = dataclasses.field(default_factory=dict)
     compile_seconds: float = 0.0
-    cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def acceptance_rate(self) -> float:
@@ -210,10 +215,10 @@ class MonteCarloBarostat:
         trial(params, positions, box, nbrs, scale) -> (U_old, U_new, positions', box', forces', nbrs',
         old list overflowed, new list overflowed).
         """
-        key = (id(sim.system), sim.spec, jnp.dtype(sim.dtype).name, jnp.dtype(sim.force_dtype).name)
-        cache = self.stats.cache
+        key = (sim.spec, jnp.dtype(sim.dtype).name, jnp.dtype(sim.force_dtype).name)
+        cache = _TRIALS.setdefault(sim.system, {})
         if key in cache:
-            return cache[key][1]
+            return cache[key]
         sys_, spec, fdt, sdt = sim.system, sim.spec, sim.force_dtype, sim.dtype
         mol = molecule_ids(sys_)
         n_mol = int(mol.max()) + 1
@@ -238,15 +243,14 @@ class MonteCarloBarostat:
         dt = time.perf_counter() - t0
         self.stats.compile_seconds += dt
         sim.compile_seconds += dt  # so Simulation.run's steps_per_s excludes it
-        cache[key] = (mol, fn)
+        cache[key] = fn
         return fn
 
     def _n_molecules(self, sim) -> int:
-        key = ("n_molecules", id(sim.system))
-        if key not in self.stats.cache:
-            # (the entry keeps the system alive, so its id cannot be reused by another one)
-            self.stats.cache[key] = (sim.system, int(molecule_ids(sim.system).max()) + 1)
-        return self.stats.cache[key][1]
+        cache = _TRIALS.setdefault(sim.system, {})
+        if "n_molecules" not in cache:
+            cache["n_molecules"] = int(molecule_ids(sim.system).max()) + 1
+        return cache["n_molecules"]
 
     # -- the move -------------------------------------------------------------------------------------
     def attempt(self, sim) -> bool:
@@ -268,12 +272,13 @@ class MonteCarloBarostat:
         uniform = st.rng.random()
         new_volume = volume + delta_v
         scale = np.ones(3)
+        ratio = max(new_volume, 0.0) / volume  # V' <= 0 (max_delta from a larger box) is rejected below
         if self.mode == "isotropic":
-            scale[:] = (new_volume / volume) ** (1.0 / 3.0)
+            scale[:] = ratio ** (1.0 / 3.0)
         else:
-            scale[slot] = new_volume / volume
+            scale[slot] = ratio
         pressure, kT = self.pressure(sys_), self.kT(sys_)
-        mol_count = None
+        mol_count = self._n_molecules(sim)
         accepted = False
         details = dict(delta_v=delta_v, volume=volume, axis=slot if self.mode == "anisotropic" else None)
         cutoff = sys_.neighbor_cutoff
@@ -283,7 +288,6 @@ class MonteCarloBarostat:
         else:
             scale_j = jnp.asarray(scale, sim.dtype)
             box_j = jnp.asarray(state.box)
-            spec_changed = False
             for _ in range(10):
                 fn = self._trial_fn(sim, sim.params, state.positions, box_j, sim.nbrs, scale_j)
                 u_old, u_new, x_new, box_new, f_new, nb_new, over_old, over_new = fn(
@@ -295,10 +299,8 @@ class MonteCarloBarostat:
                 sim.spec = sim.spec.regrown(nb_new, np.stack([box, box * scale[None, :]]))
                 sim.regrowths += 1
                 sim.nbrs = sim._rebuild(state)
-                spec_changed = True
             else:
                 raise RuntimeError("barostat: neighbor list kept overflowing at the trial box")
-            mol_count = self._n_molecules(sim)
             delta_u = float(u_new) - float(u_old)
             if not math.isfinite(delta_u):
                 work = math.inf
@@ -306,12 +308,12 @@ class MonteCarloBarostat:
                 work = reduced_work(delta_u, delta_v, volume, pressure, mol_count, kT)
             probability = 0.0 if not math.isfinite(work) else (1.0 if work <= 0 else math.exp(-work))
             accepted = uniform < probability
-            details.update(delta_u=delta_u, work=work, probability=probability)
+            # potential: the energy of the state the simulation is left in (saves the run loop a re-evaluation)
+            details.update(delta_u=delta_u, work=work, probability=probability,
+                           potential=float(u_new) if accepted else float(u_old))
             if accepted:
                 sim.state = state._replace(positions=x_new, box=box_new, forces=f_new)
                 sim.nbrs = nb_new
-            elif spec_changed:
-                sim.nbrs = sim._rebuild(state)
         details["accepted"] = accepted
         details["n_molecules"] = mol_count
         st.last = details

@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="K (LJ: epsilon/k_B, default 1.0)")
     simulate.add_argument("--friction", type=_finite("friction"), default=1.0, help="1/ps (LJ: 1/tau)")
     simulate.add_argument("--integrator", choices=["langevin", "verlet", "nose-hoover"], default="langevin")
-    simulate.add_argument("--pressure", type=_finite("pressure"), help="bar (Monte Carlo barostat)")
+    simulate.add_argument("--pressure", type=_finite("pressure"), help="bar (Monte Carlo barostat, isotropic)")
+    simulate.add_argument("--barostat-interval", type=_integer("barostat interval", 1), default=25,
+                          help="steps between Monte Carlo volume moves")
     simulate.add_argument("--report-interval", type=_integer("report interval", 1), default=100)
     simulate.add_argument("--out", default="trajectory.h5", help="trajectory (.h5, .dcd, .xtc)")
     simulate.add_argument("--log", default=None, help="CSV log (default: next to the trajectory)")
@@ -250,8 +252,15 @@ def cmd_simulate(args) -> None:
 
     system = load_system(args)
     reduced = system.reduced_units
-    if args.pressure is not None and not reduced:
-        raise InputError("--pressure (Monte Carlo barostat) is not available yet for force-field systems")
+    barostat = None
+    if args.pressure is not None:
+        if system.box is None:
+            raise InputError("--pressure needs a periodic system (the input has no box)")
+        if args.replicas:
+            raise InputError("--pressure with --replicas is not supported yet")
+        from jmlsim.barostat import MonteCarloBarostat
+        barostat = MonteCarloBarostat(args.pressure, args.temperature if args.temperature is not None else 300.0,
+                                      frequency=args.barostat_interval, seed=args.seed)
     if reduced:
         timestep = args.timestep if args.timestep is not None else 0.005
         temperature = args.temperature if args.temperature is not None else 1.0
@@ -313,7 +322,7 @@ def cmd_simulate(args) -> None:
         timing = sim.run(steps_left, args.report_interval, [trajectory, log, _FrameCounter()],
                          progress=not args.no_progress,
                          checkpoint=write_checkpoint if args.checkpoint else None,
-                         checkpoint_every=args.checkpoint_interval)
+                         checkpoint_every=args.checkpoint_interval, barostat=barostat)
     finally:
         trajectory.close()
         log.close()
@@ -331,6 +340,11 @@ def cmd_simulate(args) -> None:
         "trajectory": outputs[0] if len(outputs) == 1 else outputs, "log": log_path,
         "neighbor_regrowths": sim.regrowths,
     }
+    if barostat is not None:
+        from jmlsim.barostat import density
+        result.update({"pressure_bar": args.pressure, "barostat_acceptance": barostat.stats.acceptance_rate,
+                       "final_box_nm": np.asarray(sim.state.box).tolist(),
+                       "final_density_g_per_cm3": float(density(np.asarray(sim.state.masses), np.asarray(sim.state.box)))})
     if reduced:
         result.update({"units": "lj-reduced (timestep_fs, ns_per_day, final_temperature_k mapped onto argon: "
                                 "sigma 0.3405 nm, epsilon/kB 119.8 K, m 39.948 amu)",

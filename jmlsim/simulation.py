@@ -128,6 +128,7 @@ class Simulation:
         n_constraints = 0 if constraints is None else constraints.n_constraints
         self.dof = 3 * sys_.n_atoms - n_constraints - (3 if getattr(self.integrator, "conserves_momentum", False) else 0)
         self._chunks: dict = {}
+        self._potential_fns: dict = {}
         self.compile_seconds = 0.0
 
     # -- compiled pieces ------------------------------------------------------------------------------
@@ -252,7 +253,11 @@ class Simulation:
 
     def potential(self) -> np.ndarray:
         """Potential energy of the current state (per replica when batched)."""
-        return np.asarray(jax.jit(self._energy)(self.params, self.state, self.nbrs))
+        # one compiled function per neighbor spec (the spec is closed over when traced); a fresh jax.jit of the
+        # bound method each call would retrace and recompile every chunk
+        if self.spec not in self._potential_fns:
+            self._potential_fns[self.spec] = jax.jit(self._energy)
+        return np.asarray(self._potential_fns[self.spec](self.params, self.state, self.nbrs))
 
     def frame(self, potential: Optional[np.ndarray] = None) -> Frame:
         """The current state as a host-side Frame (potential computed when not given)."""

@@ -197,3 +197,12 @@ def test_lbfgs_minimization_respects_constraints():
     result = minimize(sim, tolerance=50.0, max_steps=75)
     assert result["final_potential"] < result["initial_potential"] - 300.0
     assert np.max(np.abs(np.asarray(sim.integrator.constraints.errors(sim.state.positions)))) < 1e-6
+
+
+def test_simulate_cli_pressure(tmp_path):
+    result = last_json(run_cli(tmp_path, "simulate", "--prmtop", WATER[0], "--inpcrd", WATER[1], "--cutoff", 0.8,
+                               "--steps", 100, "--pressure", 1.0, "--out", "p.h5", "--no-progress", "--json"))
+    assert result["pressure_bar"] == 1.0 and 0.8 < result["final_density_g_per_cm3"] < 1.2
+    line = one_line_error(run_cli(tmp_path, "simulate", "--prmtop", ALA_GBSA[0], "--inpcrd", ALA_GBSA[1],
+                                  "--steps", 10, "--pressure", 1.0, "--out", "q.h5", "--json"))
+    assert "periodic" in line
