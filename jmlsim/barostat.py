@@ -75,25 +75,14 @@ def molecule_ids(system) -> np.ndarray:
         if ids.shape != (n,):
             raise ValueError(f"system.molecules has shape {ids.shape}, expected ({n},)")
         return np.unique(ids, return_inverse=True)[1].astype(np.int32).reshape(n)
-    parent = np.arange(n)
+    from jmlsim.io.openmm_import import connected_components
 
-    def find(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
     cons = system.constraints
-    links = []
+    links = np.zeros((0, 2), np.int64)
     if cons is not None:
-        links += [tuple(p) for p in np.asarray(cons.pairs).reshape(-1, 2)]
-        for o, h1, h2 in np.asarray(cons.waters).reshape(-1, 3):
-            links += [(o, h1), (o, h2)]
-    for a, b in links:
-        ra, rb = find(int(a)), find(int(b))
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([find(a) for a in range(n)])
-    return np.unique(roots, return_inverse=True)[1].astype(np.int32).reshape(n)
+        waters = np.asarray(cons.waters).reshape(-1, 3)
+        links = np.concatenate([np.asarray(cons.pairs).reshape(-1, 2), waters[:, [0, 1]], waters[:, [0, 2]]])
+    return connected_components(n, links)
 
 
 def molecule_centres(positions, molecules: np.ndarray, n_molecules: int):

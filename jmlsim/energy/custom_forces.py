@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmlsim import space
+from jmlsim.energy.nonbonded import switching_function, tail_integrals
 from jmlsim.energy.bonded import dihedral_values
 
 Array = jnp.ndarray
@@ -107,32 +108,6 @@ class TabulatedLJParams(NamedTuple):
     bcoef: Array
 
 
-def _switch(r: Array, switch_distance: float, cutoff: float):
-    """OpenMM's switching polynomial S(r) and dS/dr."""
-    width = cutoff - switch_distance
-    x = jnp.clip((r - switch_distance) / width, 0.0, 1.0)
-    s = 1.0 - x**3 * (10.0 - 15.0 * x + 6.0 * x * x)
-    ds = -30.0 * x * x * (1.0 - x) ** 2 / width
-    return s, ds
-
-
-def tail_integrals(cutoff: float, switch_distance: Optional[float]) -> tuple[float, float]:
-    """(J12, J6) = integrals of r^2 r^-n, n = 12, 6, over what the truncated (switched) potential leaves out:
-    r > cutoff, plus (1 - S(r)) on [switch_distance, cutoff]. Exact (Gauss-Legendre on a polynomial-smooth
-    integrand)."""
-    j12 = 1.0 / (9.0 * cutoff**9)
-    j6 = 1.0 / (3.0 * cutoff**3)
-    if switch_distance is not None:
-        nodes, weights = np.polynomial.legendre.leggauss(64)
-        half = 0.5 * (cutoff - switch_distance)
-        r = switch_distance + half * (nodes + 1.0)
-        x = (r - switch_distance) / (cutoff - switch_distance)
-        missing = half * weights * x**3 * (10.0 - 15.0 * x + 6.0 * x * x)
-        j12 += float(np.sum(missing * r**-10))
-        j6 += float(np.sum(missing * r**-4))
-    return j12, j6
-
-
 def long_range_weights(types: np.ndarray, n_types: int) -> np.ndarray:
     """(T, T) pair counts as OpenMM's long-range correction weighs them, split symmetrically.
 
@@ -195,7 +170,7 @@ class TabulatedLJ:
         f = (12.0 * a * inv_r6 - 6.0 * b) * inv_r6 / r2
         if self.switch_distance is not None:
             r = jnp.sqrt(r2)
-            s, ds = _switch(r, self.switch_distance, self.cutoff)
+            s, ds = switching_function(r, self.switch_distance, self.cutoff)
             f = f * s - u * ds / r
             u = u * s
         return u, f

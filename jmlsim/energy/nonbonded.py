@@ -90,8 +90,8 @@ def dispersion_classes(sigma: np.ndarray, epsilon: np.ndarray):
     return reps.astype(np.int32), weights
 
 
-def _switch(r: Array, switch_distance: float, cutoff: float):
-    """OpenMM's switching polynomial S(r) and dS/dr."""
+def switching_function(r: Array, switch_distance: float, cutoff: float):
+    """OpenMM's switching polynomial S(r) = 1 - 10x^3 + 15x^4 - 6x^5, x = (r - r_s)/(r_c - r_s), and dS/dr."""
     width = cutoff - switch_distance
     x = jnp.clip((r - switch_distance) / width, 0.0, 1.0)
     s = 1.0 - x**3 * (10.0 - 15.0 * x + 6.0 * x * x)
@@ -99,18 +99,20 @@ def _switch(r: Array, switch_distance: float, cutoff: float):
     return s, ds
 
 
-def _dispersion_integrals(cutoff: float, switch_distance: Optional[float]) -> tuple[float, float]:
-    """(J12, J6): integrals of r^2 r^-n over what the truncated/switched LJ leaves out, n = 12, 6."""
+def tail_integrals(cutoff: float, switch_distance: Optional[float]) -> tuple[float, float]:
+    """(J12, J6) = integrals of r^2 r^-n, n = 12, 6, over what the truncated (switched) LJ leaves out:
+    r > cutoff, plus (1 - S(r)) on [switch_distance, cutoff]. Exact (Gauss-Legendre on a polynomial integrand)."""
     j12 = 1.0 / (9.0 * cutoff**9)
     j6 = 1.0 / (3.0 * cutoff**3)
     if switch_distance is not None:
-        # Between the switching distance and the cutoff the switched potential omits (1 - S(r)) U(r).
-        r = np.linspace(switch_distance, cutoff, 20001)
+        nodes, weights = np.polynomial.legendre.leggauss(64)
+        half = 0.5 * (cutoff - switch_distance)
+        r = switch_distance + half * (nodes + 1.0)
         x = (r - switch_distance) / (cutoff - switch_distance)
-        missing = x**3 * (10.0 - 15.0 * x + 6.0 * x * x)
-        j12 += np.trapezoid(missing * r**-10, r)
-        j6 += np.trapezoid(missing * r**-4, r)
-    return float(j12), float(j6)
+        missing = half * weights * x**3 * (10.0 - 15.0 * x + 6.0 * x * x)
+        j12 += float(np.sum(missing * r**-10))
+        j6 += float(np.sum(missing * r**-4))
+    return j12, j6
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -160,7 +162,7 @@ class Nonbonded:
         u_lj = 4.0 * epsilon * (s6 * s6 - s6)
         f_lj = 24.0 * epsilon * (2.0 * s6 * s6 - s6) / r2
         if self.switch_distance is not None:
-            s, ds = _switch(r, self.switch_distance, self.cutoff)
+            s, ds = switching_function(r, self.switch_distance, self.cutoff)
             f_lj = f_lj * s - u_lj * ds * inv_r
             u_lj = u_lj * s
         kqq = ONE_4PI_EPS0 * qq
@@ -262,7 +264,7 @@ class Nonbonded:
         n_pairs = n * (n + 1) / 2.0
         mean12 = jnp.sum(w * eps_ij * sig_ij**12) / n_pairs
         mean6 = jnp.sum(w * eps_ij * sig_ij**6) / n_pairs
-        j12, j6 = _dispersion_integrals(self.cutoff, self.switch_distance)
+        j12, j6 = tail_integrals(self.cutoff, self.switch_distance)
         volume = jnp.abs(jnp.linalg.det(box))
         return 8.0 * math.pi * n * n * (mean12 * j12 - mean6 * j6) / volume
 

@@ -206,30 +206,20 @@ def from_openmm(omm_system, positions, topology=None, box_vectors=None, name: st
     if topology is not None:
         import mdtraj
         md_topology = mdtraj.Topology.from_openmm(topology)
-        molecules = np.zeros(n, dtype=np.int32)
-        for k, atoms in enumerate(_molecules(topology)):
-            molecules[atoms] = k
+        molecules = connected_components(n, [(a.index, b.index) for a, b in topology.bonds()])
     return System(terms=terms, params=params, masses=masses, positions=positions, box=box,
                   neighbor_cutoff=neighbor_cutoff, kB=KB_KJ_PER_MOL_K, topology=md_topology, name=name,
                   constraints=constraints, molecules=molecules)
 
 
-def _molecules(topology) -> list:
-    """Atom index lists of bonded molecules (connected components of the topology's bond graph)."""
-    n = topology.getNumAtoms()
-    parent = np.arange(n)
+def connected_components(n_atoms: int, pairs) -> np.ndarray:
+    """(N,) int32 component label per atom for the graph whose edges are ``pairs`` (P, 2) (scipy's csgraph)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as components
 
-    def find(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-    for bond in topology.bonds():
-        a, b = find(bond[0].index), find(bond[1].index)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    roots = np.array([find(a) for a in range(n)])
-    return [np.flatnonzero(roots == r) for r in np.unique(roots)]
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n_atoms, n_atoms))
+    return components(graph, directed=False)[1].astype(np.int32)
 
 
 def _create_system_args(nonbonded: Optional[str], periodic: bool, cutoff: float, constraints: str, hmr: bool,
