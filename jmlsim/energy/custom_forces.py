@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmlsim import space
-from jmlsim.energy.nonbonded import switching_function, tail_integrals
+from jmlsim.energy.nonbonded import masked_pairs, switching_function, tail_integrals
 from jmlsim.energy.bonded import dihedral_values
 
 Array = jnp.ndarray
@@ -183,25 +183,8 @@ class TabulatedLJ:
 
     def _direct_pairs(self, params: TabulatedLJParams, positions: Array, box: Optional[Array], nbrs):
         """Per-pair (N, K) energies, -du/dr/r and displacements of all non-excluded pairs within the cutoff."""
-        n = self.n_atoms
-        if self.cutoff is None or nbrs is None:
-            partners = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None, :], (n, n))
-        else:
-            partners = nbrs.idx
-        safe_partners = jnp.minimum(partners, n - 1)
-        dr = positions[:, None, :] - positions[safe_partners]
-        if self.periodic:
-            dr = space.minimum_image(dr, box, self.triclinic)
-        r2 = jnp.sum(dr * dr, axis=-1)
-        rows = jnp.arange(n, dtype=jnp.int32)[:, None]
-        offset = partners - rows
-        in_band = jnp.abs(offset) <= self.band_width
-        band = jnp.asarray(self.band)
-        excluded = in_band & band[rows, jnp.clip(offset + self.band_width, 0, 2 * self.band_width)]
-        keep = (partners < n) & (partners != rows) & ~excluded
-        if self.cutoff is not None:
-            keep = keep & (r2 < self.cutoff**2)
-        r2 = jnp.where(keep, r2, 1.0)  # finite values (and gradients) on masked pairs
+        safe_partners, dr, r2, keep = masked_pairs(positions, box, nbrs, self.band, self.band_width, self.cutoff,
+                                                   self.periodic, self.triclinic)
         types = jnp.asarray(self.types)
         a, b = self._coefficients(params, types[:, None], types[safe_partners])
         u, f_over_r = self._pair(r2, a, b)

@@ -115,6 +115,34 @@ def tail_integrals(cutoff: float, switch_distance: Optional[float]) -> tuple[flo
     return j12, j6
 
 
+def masked_pairs(positions: Array, box: Optional[Array], nbrs, band: np.ndarray, band_width: int,
+                 cutoff: Optional[float], periodic: bool, triclinic: bool):
+    """The pair rows a pair term sums over: all atoms (dense, no cutoff or no list) or the full neighbor list.
+
+    Returns (partners (N, K) clipped to valid indices, dr (N, K, 3) = x_i - x_j (minimum image when periodic),
+    r2 (N, K) with 1.0 on masked pairs so values and gradients stay finite, keep (N, K) bool: a real partner,
+    not the atom itself, not excluded (band lookup, see :func:`exclusion_band`) and inside the cutoff).
+    """
+    n = positions.shape[0]
+    if cutoff is None or nbrs is None:
+        partners = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None, :], (n, n))
+    else:
+        partners = nbrs.idx
+    safe_partners = jnp.minimum(partners, n - 1)
+    dr = positions[:, None, :] - positions[safe_partners]
+    if periodic:
+        dr = space.minimum_image(dr, box, triclinic)
+    r2 = jnp.sum(dr * dr, axis=-1)
+    rows = jnp.arange(n, dtype=jnp.int32)[:, None]
+    offset = partners - rows
+    excluded = (jnp.abs(offset) <= band_width) & jnp.asarray(band)[rows, jnp.clip(offset + band_width, 0,
+                                                                                    2 * band_width)]
+    keep = (partners < n) & (partners != rows) & ~excluded
+    if cutoff is not None:
+        keep = keep & (r2 < cutoff**2)
+    return safe_partners, dr, jnp.where(keep, r2, 1.0), keep
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Nonbonded:
     """Static configuration of OpenMM's NonbondedForce.
@@ -182,32 +210,11 @@ class Nonbonded:
             f_c = kqq * inv_r / r2
         return u_lj + u_c, f_lj + f_c
 
-    def _displacements(self, positions: Array, box: Optional[Array], partners: Array) -> Array:
-        dr = positions[:, None, :] - positions[partners]
-        if self.periodic:
-            dr = space.minimum_image(dr, box, self.triclinic)
-        return dr
-
     def _direct_pairs(self, params: NonbondedParams, positions: Array, box: Optional[Array], nbrs):
         """Per-pair (N, K) energies, -du/dr/r and displacements of all non-excluded pairs within the cutoff."""
-        n = self.n_atoms
-        if self.method == "nocutoff" or nbrs is None:
-            partners = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None, :], (n, n))
-        else:
-            partners = nbrs.idx
-        dr = self._displacements(positions, box, jnp.minimum(partners, n - 1))
-        r2 = jnp.sum(dr * dr, axis=-1)
-        rows = jnp.arange(n, dtype=jnp.int32)[:, None]
-        offset = partners - rows
-        in_band = jnp.abs(offset) <= self.band_width
-        band = jnp.asarray(self.band)
-        excluded = in_band & band[rows, jnp.clip(offset + self.band_width, 0, 2 * self.band_width)]
-        keep = (partners < n) & (partners != rows) & ~excluded
-        if self.cutoff is not None:
-            keep = keep & (r2 < self.cutoff**2)
-        r2 = jnp.where(keep, r2, 1.0)  # finite values (and gradients) on masked pairs
+        safe_partners, dr, r2, keep = masked_pairs(positions, box, nbrs, self.band, self.band_width, self.cutoff,
+                                                   self.periodic, self.triclinic)
         q = params.charge
-        safe_partners = jnp.minimum(partners, n - 1)
         sigma = 0.5 * (params.sigma[:, None] + params.sigma[safe_partners])
         root_eps = _safe_sqrt(params.epsilon)
         epsilon = root_eps[:, None] * root_eps[safe_partners]
