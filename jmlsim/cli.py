@@ -53,6 +53,14 @@ def _integer(kind: str, minimum: int):
     return parse
 
 
+def _temperature_list(text: str) -> list:
+    parse = _finite("temperature")
+    values = [parse(t) for t in text.split(",") if t.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("--temperatures needs at least one value")
+    return values
+
+
 def _add_system_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("system")
     g.add_argument("--lj", type=_integer("number of atoms", 1), metavar="N", help="Lennard-Jones fluid of N atoms")
@@ -108,7 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help="write the checkpoint every K reports")
     simulate.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     simulate.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    simulate.add_argument("--replicas", type=_integer("replicas", 1))
+    simulate.add_argument("--replicas", type=_integer("replicas", 1),
+                          help="R copies in one compiled program (independent seeds; see --temperatures)")
+    ladder = simulate.add_mutually_exclusive_group()
+    ladder.add_argument("--temperatures", type=_temperature_list, metavar="T1,T2,...",
+                        help="one Langevin temperature per replica (K)")
+    ladder.add_argument("--temperature-max", type=_finite("maximum temperature"), metavar="K",
+                        help="geometric temperature ladder from --temperature to this over the replicas")
+    simulate.add_argument("--exchange-interval", type=_integer("exchange interval", 1), metavar="STEPS",
+                          help="temperature replica exchange between neighbouring replicas every STEPS steps")
+    simulate.add_argument("--devices", type=_integer("devices", 1),
+                          help="shard the replicas over this many devices (on CPU: host threads)")
     simulate.add_argument("--seed", type=_integer("seed", 0), default=0)
     simulate.add_argument("--minimize", action="store_true", help="minimize before the run")
     simulate.add_argument("--neighbor-capacity", type=_integer("neighbor capacity", 1), help=argparse.SUPPRESS)
@@ -289,13 +307,26 @@ def cmd_simulate(args) -> None:
             _check_writable(path, "output", overwrite=args.overwrite)
         if args.checkpoint:
             _check_writable(args.checkpoint, "checkpoint", overwrite=args.overwrite)
+    temperatures = _replica_temperatures(args, temperature)
+    if temperatures is not None:
+        if args.integrator != "langevin":
+            raise InputError("per-replica temperatures need --integrator langevin")
+        scale = (1.0 if reduced else units.kT_kj_per_mol(1.0))
+        kT = tuple(float(t) * scale for t in temperatures)
+    exchange = None
+    if args.exchange_interval is not None:
+        if temperatures is None or len(set(temperatures)) < 2:
+            raise InputError("--exchange-interval needs replicas at different temperatures "
+                             "(--temperatures or --temperature-max)")
+        from jmlsim.ensemble import ReplicaExchange
+        exchange = ReplicaExchange(args.exchange_interval, seed=args.seed)
     try:
         integrator = by_name(args.integrator, timestep, kT, friction, constraints=system.constraints)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     sim = _simulation(system, integrator, kT=kT, seed=args.seed, precision=args.precision,
                       skin=_default_skin(args, system), replicas=args.replicas,
-                      neighbor_capacity=args.neighbor_capacity)
+                      neighbor_capacity=args.neighbor_capacity, devices=args.devices)
     frames_done = 0
     if meta is not None:
         meta = ckpt.load(args.checkpoint, sim)
@@ -322,7 +353,8 @@ def cmd_simulate(args) -> None:
         timing = sim.run(steps_left, args.report_interval, [trajectory, log, _FrameCounter()],
                          progress=not args.no_progress,
                          checkpoint=write_checkpoint if args.checkpoint else None,
-                         checkpoint_every=args.checkpoint_interval, barostat=barostat)
+                         checkpoint_every=args.checkpoint_interval, barostat=barostat,
+                         moves=[exchange] if exchange is not None else [])
     finally:
         trajectory.close()
         log.close()
@@ -340,6 +372,17 @@ def cmd_simulate(args) -> None:
         "trajectory": outputs[0] if len(outputs) == 1 else outputs, "log": log_path,
         "neighbor_regrowths": sim.regrowths,
     }
+    if temperatures is not None:
+        result["temperatures_k"] = [float(t) * (units.ARGON.epsilon_over_kb_k if reduced else 1.0)
+                                    for t in temperatures]
+        result["final_temperatures_k"] = (np.asarray(frame.temperature, float)
+                                          * (units.ARGON.epsilon_over_kb_k if reduced else 1.0)).tolist()
+    if args.devices is not None:
+        result["devices"] = args.devices
+    if exchange is not None and exchange.stats is not None:
+        result["exchange"] = {"interval": args.exchange_interval, **exchange.stats.summary(),
+                              "walkers": os.path.splitext(log_path)[0] + ".walkers.csv"}
+        _write_walkers(result["exchange"]["walkers"], exchange.stats)
     if barostat is not None:
         from jmlsim.barostat import density
         result.update({"pressure_bar": args.pressure, "barostat_acceptance": barostat.stats.acceptance_rate,
@@ -352,8 +395,51 @@ def cmd_simulate(args) -> None:
     _emit(args, result)
 
 
+def _replica_temperatures(args, temperature: float):
+    """Per-replica temperatures (K, or reduced) from --temperatures / --temperature-max, or None."""
+    if args.temperatures is None and args.temperature_max is None:
+        return None
+    if not args.replicas:
+        raise InputError("--temperatures/--temperature-max need --replicas")
+    if args.temperatures is not None:
+        if len(args.temperatures) != args.replicas:
+            raise InputError(f"--temperatures has {len(args.temperatures)} values but --replicas is {args.replicas}")
+        return list(args.temperatures)
+    if args.temperature_max < temperature:
+        raise InputError(f"--temperature-max {args.temperature_max:g} is below --temperature {temperature:g}")
+    from jmlsim.ensemble import temperature_ladder
+    return temperature_ladder(temperature, args.temperature_max, args.replicas).tolist()
+
+
+def _write_walkers(path: str, stats) -> None:
+    """CSV of which walker (starting replica) sat in each temperature slot after every exchange attempt."""
+    import numpy as np
+
+    rows = [[step, *walkers] for step, walkers in stats.history]
+    header = "step," + ",".join(f"slot{s}" for s in range(len(stats.walker_at_slot)))
+    tmp = path + ".tmp"
+    np.savetxt(tmp, np.asarray(rows, dtype=np.int64).reshape(len(rows), -1), fmt="%d", delimiter=",",
+               header=header, comments="")
+    os.replace(tmp, path)
+
+
+def _configure_devices(argv) -> None:
+    """--devices N on the CPU: ask XLA for N host devices before JAX starts (it reads XLA_FLAGS once)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--devices" not in argv or "jax" in sys.modules:
+        return
+    try:
+        n = int(argv[argv.index("--devices") + 1])
+    except (IndexError, ValueError):
+        return  # argparse reports it
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={max(n, 1)}".strip()
+
+
 def main(argv: Optional[list] = None) -> int:
     try:
+        _configure_devices(argv)
         args = build_parser().parse_args(argv)
         {"energy": cmd_energy, "minimize": cmd_minimize, "simulate": cmd_simulate}[args.command](args)
         return 0

@@ -33,9 +33,11 @@ class ProgressBar:
         dt_ps = self.sim.integrator.timestep
         if self.sim.system.reduced_units:
             dt_ps *= units.ARGON.tau_ps
-        self.bar.set_postfix({"ns/day": f"{units.ns_per_day(dt_ps, steps_per_s):.3g}",
-                              "T": f"{float(np.mean(frame.temperature)):.3g}",
-                              "E": f"{float(np.mean(frame.potential + frame.kinetic)):.5g}"}, refresh=False)
+        postfix = {"ns/day": f"{units.ns_per_day(dt_ps, steps_per_s):.3g}"}
+        if frame is not None:  # None between reports (chunks cut short by Monte Carlo moves)
+            postfix.update({"T": f"{float(np.mean(frame.temperature)):.3g}",
+                            "E": f"{float(np.mean(frame.potential + frame.kinetic)):.5g}"})
+        self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(n)
 
     def close(self) -> None:

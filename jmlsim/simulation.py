@@ -62,7 +62,12 @@ class Simulation:
     Constraints: when the system has them, the integrator gets them (unless it has its own), the start positions
     are constrained and the start velocities projected (``constrain_start``), and the temperature counts
     3N - constraints (- 3 when momentum is conserved) degrees of freedom.
-    replicas: None for one system, or R for a batch of R copies with independent random streams.
+    replicas: None for one system, or R for a batch of R copies; replica r uses the random stream of seed + r (the
+    same as a lone run with that seed). A per-replica
+    temperature ladder is an integrator whose kT is a tuple of R values (see :mod:`jmlsim.ensemble`).
+    replica_params: optional parameter pytree with a leading axis R on every leaf (one force-field parameter
+    set per replica, e.g. for Hamiltonian replica exchange); default: the system's params shared by all.
+    devices: shard the replica axis over this many devices (``jax.devices()[:devices]``), or None.
     neighbor_capacity: starting row width of the neighbor list (None: sized from the start structure).
     """
 
@@ -76,6 +81,8 @@ class Simulation:
     neighbor_capacity: Optional[int] = None
     velocities: Optional[np.ndarray] = None
     constrain_start: bool = True
+    replica_params: Any = None
+    devices: Optional[int] = None
 
     def __post_init__(self):
         self.dtype, self.force_dtype = dtypes(self.precision)
@@ -83,6 +90,7 @@ class Simulation:
             self.kT = getattr(self.integrator, "kT", None)
             if self.kT is None:
                 raise ValueError("give kT for the initial velocities (the integrator has none)")
+        self._check_replica_settings()
         sys_ = self.system
         if sys_.constraints is not None and hasattr(self.integrator, "constraints") \
                 and self.integrator.constraints is None:
@@ -94,7 +102,9 @@ class Simulation:
                 raise ValueError(f"cutoff {sys_.neighbor_cutoff:g} exceeds half the smallest box width "
                                  f"{room + sys_.neighbor_cutoff:g}")
             self.skin = min(self.skin, 0.999 * room)
-        self.params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.force_dtype), sys_.params)
+        self.params_batched = self.replica_params is not None
+        self.params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.force_dtype),
+                                             self.replica_params if self.params_batched else sys_.params)
         positions = jnp.asarray(sys_.positions, self.dtype)
         masses = jnp.asarray(sys_.masses, self.dtype)
         constraints = getattr(self.integrator, "constraints", None)
@@ -110,16 +120,22 @@ class Simulation:
                 nbrs = jax.jit(self.spec.build)(positions.astype(self.force_dtype), jnp.asarray(sys_.box, self.force_dtype))
         else:
             self.spec, nbrs = None, None
-        force_fn = self._force_fn(self.params, box)
-        forces, nbrs = jax.jit(force_fn)(positions, nbrs)
         key = jax.random.PRNGKey(self.seed)
         if self.replicas is None:
+            forces, nbrs = jax.jit(self._force_fn(self.params, box))(positions, nbrs)
             self.state = self.integrator.init(key, positions, masses, forces, box, self.kT, self.velocities)
             self.nbrs = nbrs
         else:
-            keys = jax.random.split(key, self.replicas)
-            init = lambda k: self.integrator.init(k, positions, masses, forces, box, self.kT, self.velocities)
-            self.state = jax.vmap(init)(keys)
+            if self.params_batched:  # each replica has its own forces at the common start
+                forces = jax.jit(jax.vmap(lambda p: self._force_fn(p, box)(positions, nbrs)[0]))(self.params)
+            else:
+                forces = jnp.broadcast_to(jax.jit(self._force_fn(self.params, box))(positions, nbrs)[0],
+                                          (self.replicas,) + positions.shape)
+            # replica r draws from the stream of seed + r, so it reproduces a lone run with that seed
+            keys = jax.vmap(jax.random.PRNGKey)(self.seed + jnp.arange(self.replicas))
+            kTs = jnp.broadcast_to(jnp.asarray(self.kT, self.dtype), (self.replicas,))
+            init = lambda k, kT, f: self.integrator.init(k, positions, masses, f, box, kT, self.velocities)
+            self.state = jax.vmap(init)(keys, kTs, forces)
             self.nbrs = None if nbrs is None else jax.tree_util.tree_map(
                 lambda a: jnp.broadcast_to(a, (self.replicas,) + a.shape), nbrs)
         if constraints is not None and self.constrain_start:
@@ -130,6 +146,62 @@ class Simulation:
         self._chunks: dict = {}
         self._potential_fns: dict = {}
         self.compile_seconds = 0.0
+        self._sharding = self._replica_sharding()
+        self.state, self.nbrs, self.params = self.place(self.state, self.nbrs, self.params)
+
+    def _check_replica_settings(self) -> None:
+        """Per-replica settings must match the replica count (ValueError names the mismatch)."""
+        R = self.replicas
+        if R is not None and R < 1:
+            raise ValueError(f"replicas must be at least 1, got {R}")
+        for name, value in (("kT", self.kT), ("integrator kT", getattr(self.integrator, "kT", None))):
+            if isinstance(value, (tuple, list)):
+                if R is None or len(value) != R:
+                    raise ValueError(f"{name} has {len(value)} per-replica values but replicas={R}")
+                if not hasattr(self.integrator, "friction"):
+                    raise ValueError("per-replica temperatures need the Langevin integrator")
+        if self.replica_params is not None:
+            if R is None:
+                raise ValueError("replica_params needs replicas")
+            for path, leaf in jax.tree_util.tree_flatten_with_path(self.replica_params)[0]:
+                if np.ndim(leaf) == 0 or np.shape(leaf)[0] != R:
+                    raise ValueError(f"replica_params{jax.tree_util.keystr(path)} has shape {np.shape(leaf)}; "
+                                     f"its leading axis must be replicas={R}")
+        if self.devices is not None:
+            if R is None:
+                raise ValueError("devices (sharding over the replica axis) needs replicas")
+            available = len(jax.devices())
+            if not 1 <= self.devices <= available:
+                raise ValueError(f"devices={self.devices} but {available} are available")
+            if R % self.devices:
+                raise ValueError(f"replicas={R} do not divide evenly over devices={self.devices}")
+
+    def _replica_sharding(self):
+        """(sharded along the replica axis, replicated) NamedShardings over the first ``devices`` devices."""
+        if self.devices is None:
+            return None
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        mesh = Mesh(np.asarray(jax.devices()[: self.devices]), ("replica",))
+        return NamedSharding(mesh, PartitionSpec("replica")), NamedSharding(mesh, PartitionSpec())
+
+    def place(self, state, nbrs, params=None):
+        """Put (state, nbrs, params) on the devices: replica-axis arrays sharded, the rest replicated.
+
+        A no-op without ``devices``. Called after any host-side edit of the state (checkpoint load, replica
+        exchange, barostat) so that compiled chunks always see the shardings they were compiled for.
+        """
+        if self._sharding is None:
+            return state, nbrs, params
+        sharded, replicated = self._sharding
+        R = self.replicas
+
+        def put(a):
+            return jax.device_put(a, sharded if np.ndim(a) >= 1 and np.shape(a)[0] == R else replicated)
+        on = lambda tree: None if tree is None else jax.tree_util.tree_map(put, tree)
+        params = None if params is None else jax.tree_util.tree_map(
+            lambda a: jax.device_put(a, sharded if self.params_batched else replicated), params)
+        return on(state), on(nbrs), params
 
     # -- compiled pieces ------------------------------------------------------------------------------
     def _force_fn(self, params, box) -> Callable:
@@ -153,8 +225,8 @@ class Simulation:
             boxf = None if box is None else box.astype(fdt)
             if spec is not None:
                 nbrs = spec.update_batch(nbrs, xf, boxf)
-            f = jax.vmap(sys_.forces, (None, 0, None if box is None else 0, 0 if spec is not None else None))(
-                params, xf, boxf, nbrs)
+            f = jax.vmap(sys_.forces, (0 if self.params_batched else None, 0, None if box is None else 0,
+                                       0 if spec is not None else None))(params, xf, boxf, nbrs)
             return f.astype(sdt), nbrs
         return force_fn
 
@@ -162,16 +234,16 @@ class Simulation:
         """Potential energy at the state's positions, (...)."""
         sys_, spec, fdt = self.system, self.spec, self.force_dtype
 
-        def one(x, box, nb):
+        def one(p, x, box, nb):
             xf = x.astype(fdt)
             boxf = None if box is None else box.astype(fdt)
             if spec is not None:
                 nb = spec.update(nb, xf, boxf)
-            return sys_.energy(params, xf, boxf, nb)
+            return sys_.energy(p, xf, boxf, nb)
         if self.replicas is None:
-            return one(state.positions, state.box, nbrs)
-        return jax.vmap(one, (0, None if state.box is None else 0, 0 if nbrs is not None else None))(
-            state.positions, state.box, nbrs)
+            return one(params, state.positions, state.box, nbrs)
+        return jax.vmap(one, (0 if self.params_batched else None, 0, None if state.box is None else 0,
+                              0 if nbrs is not None else None))(params, state.positions, state.box, nbrs)
 
     def chunk_fn(self, n_steps: int, state: MDState, nbrs) -> Callable:
         """Compiled (params, state, nbrs) -> (state, nbrs, potential, first_bad_step) advancing n_steps.
@@ -220,7 +292,7 @@ class Simulation:
 
     def advance(self, n_steps: int) -> np.ndarray:
         """Run n_steps as one chunk (redone with a larger neighbor list on overflow). Returns the potential."""
-        start_state, start_nbrs = self.state, self.nbrs
+        start_state, start_nbrs, _ = self.place(self.state, self.nbrs)
         while True:
             fn = self.chunk_fn(n_steps, start_state, start_nbrs)
             state, nbrs, potential, bad = fn(self.params, start_state, start_nbrs)
@@ -230,7 +302,7 @@ class Simulation:
             # Enlarge the list and redo the whole chunk from where it started: nothing is dropped.
             self.spec = self.spec.regrown(nbrs, None if start_state.box is None else np.asarray(start_state.box))
             self.regrowths += 1
-            start_nbrs = self._rebuild(start_state)
+            start_nbrs = self.place(start_state, self._rebuild(start_state))[1]
         bad = int(bad)
         potential = np.asarray(potential)
         if bad >= 0 or not np.all(np.isfinite(potential)):
@@ -273,37 +345,45 @@ class Simulation:
 
     def run(self, n_steps: int, report_interval: int, reporters: Sequence = (), progress: bool = True,
             checkpoint: Optional[Callable[["Simulation"], None]] = None, checkpoint_every: int = 1,
-            barostat=None) -> dict:
-        """Advance to step ``self.step + n_steps`` in chunks of ``report_interval`` steps.
+            barostat=None, moves: Sequence = ()) -> dict:
+        """Advance to step ``self.step + n_steps``, reporting every ``report_interval`` steps.
 
-        With a ``barostat`` (:class:`jmlsim.barostat.MonteCarloBarostat`), chunks are at most
-        ``barostat.frequency`` steps and a volume move is attempted after each (``barostat.attempt(self)``).
-        After each chunk every reporter gets ``report(frame)``; every ``checkpoint_every`` chunks
+        moves: Monte Carlo moves made between chunks, each with ``frequency`` (steps) and ``attempt(sim)`` — a
+        :class:`jmlsim.barostat.MonteCarloBarostat` (also accepted as ``barostat``) or a
+        :class:`jmlsim.ensemble.ReplicaExchange`. A move is attempted whenever the step count reaches a multiple of
+        its frequency; chunks end there. Every ``report_interval`` steps (counted from the start of this call) and
+        at the end, every reporter gets ``report(frame)``, and every ``checkpoint_every`` reports
         ``checkpoint(self)`` is called (after the reporters flushed, so a checkpoint never points past data on
         disk). Returns timing figures: wall_s, compile_s, steps_per_s (excluding compilation).
         """
         from jmlsim.progress import ProgressBar  # tqdm is imported lazily
 
-        target = self.step + n_steps
+        moves = list(moves) + ([barostat] if barostat is not None else [])
+        start = self.step
+        target = start + n_steps
         bar = ProgressBar(n_steps, self, enabled=progress)
         wall0 = time.perf_counter()
         compile0 = self.compile_seconds
-        chunks = 0
+        reports = 0
         potential = None
         try:
             while self.step < target:
-                k = min(report_interval, target - self.step)
-                if barostat is not None:
-                    k = min(k, barostat.frequency)
+                done = self.step - start
+                k = min(report_interval - done % report_interval, target - self.step)
+                for move in moves:
+                    k = min(k, move.frequency - self.step % move.frequency)
                 potential = self.advance(k)
-                if barostat is not None:
-                    barostat.attempt(self)
+                attempted = [move.attempt(self) for move in moves if self.step % move.frequency == 0]
+                if attempted:
                     potential = self.potential()
-                chunks += 1
+                if (self.step - start) % report_interval and self.step < target:
+                    bar.update(k, None)
+                    continue
+                reports += 1
                 frame = self.frame(potential)
                 for reporter in reporters:
                     reporter.report(frame)
-                if checkpoint is not None and (chunks % checkpoint_every == 0 or self.step >= target):
+                if checkpoint is not None and (reports % checkpoint_every == 0 or self.step >= target):
                     checkpoint(self)
                 bar.update(k, frame)
         finally:

@@ -19,13 +19,16 @@ from typing import Any
 import jax.numpy as jnp
 
 from jmlsim.integrators.constrained import project_velocities
-from jmlsim.integrators.state import MDState, make_state, split_and_normal
+from jmlsim.integrators.state import MDState, make_state, per_replica, split_and_normal
 
 
 @dataclasses.dataclass(frozen=True)
 class LangevinBAOAB:
     """timestep in ps, kT in kJ/mol, friction gamma in 1/ps (in LJ reduced units: tau, epsilon, 1/tau);
-    constraints: a :class:`jmlsim.constraints.Constraints` or None."""
+    constraints: a :class:`jmlsim.constraints.Constraints` or None.
+
+    kT may be a tuple of R values for a replica batch (a temperature ladder): replica r is thermostatted at
+    kT[r]. A tuple, not an array, keeps the integrator hashable and the ladder a compile-time constant."""
 
     timestep: float
     kT: float
@@ -45,7 +48,7 @@ class LangevinBAOAB:
         v = project_velocities(cons, state.positions, state.velocities + 0.5 * dt * state.forces * inv_m, m)
         x = state.positions + 0.5 * dt * v
         key, noise = split_and_normal(state.key, v.shape, v.dtype)
-        v = c * v + jnp.sqrt((1.0 - c * c) * self.kT * inv_m) * noise
+        v = c * v + jnp.sqrt((1.0 - c * c) * per_replica(self.kT, v) * inv_m) * noise
         x = x + 0.5 * dt * v
         if cons is not None:
             fixed = cons.positions(x, state.positions, m)

@@ -66,6 +66,14 @@ def split_and_normal(key: Array, shape, dtype) -> tuple[Array, Array]:
     return pairs[:, 0].reshape(key.shape), noise.reshape(shape)
 
 
+def per_replica(value, like: Array) -> Array:
+    """A thermostat setting broadcast against ``like`` (..., N, 3): a float stays a scalar; a tuple of R values
+    (one per replica, e.g. a temperature ladder) becomes (R, 1, 1)."""
+    if isinstance(value, (tuple, list)):
+        return jnp.asarray(value, like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
+    return value
+
+
 def make_state(key, positions, masses, forces, box, kT, velocities=None, thermostat=()) -> MDState:
     """Common init for one system: velocities from Maxwell-Boltzmann unless given."""
     key, sub = jax.random.split(key)

@@ -1,0 +1,229 @@
+"""Replica ensembles in one compiled program: temperature ladders and replica exchange (REMD).
+
+A replica batch is a :class:`jmlsim.simulation.Simulation` with ``replicas=R``: every state array carries a
+leading axis R and one compiled chunk steps all replicas (``vmap``), optionally sharded over devices along that
+axis (``Simulation(devices=...)``). On top of that this module provides
+
+* :func:`temperature_ladder` and :func:`replica_simulation` — R copies at R temperatures (each replica has its own
+  Langevin thermostat temperature) and/or R force-field parameter sets;
+* :class:`ReplicaExchange` — a Monte Carlo move between chunks that swaps configurations of neighbouring replicas
+  (slots), temperature REMD and Hamiltonian REMD with one rule.
+
+The exchange rule (Sugita & Okamoto 1999; Fukunishi et al. 2002 for Hamiltonian REMD): slots i, j hold
+configurations x_i, x_j with reduced potentials beta_i U_i and beta_j U_j. Swapping is accepted with probability
+min(1, exp(-Delta)),
+
+    Delta = beta_i [U_i(x_j) - U_i(x_i)] + beta_j [U_j(x_i) - U_j(x_j)],
+
+which reduces to (beta_i - beta_j)(U(x_j) - U(x_i)) when the slots differ only in temperature: a swap that brings
+the lower-energy configuration into the colder slot is always accepted. Velocities are rescaled
+by sqrt(T_new / T_old) so the kinetic part needs no acceptance term. Neighbouring pairs (0,1), (2,3), ... and
+(1,2), (3,4), ... are attempted alternately, which keeps the scheme reversible pair by pair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jmlsim.errors import InputError
+
+
+def temperature_ladder(t_min: float, t_max: float, n: int) -> np.ndarray:
+    """(n,) temperatures in K, geometric from t_min to t_max (equal exchange rates for a constant heat capacity)."""
+    if n < 1:
+        raise InputError(f"a temperature ladder needs at least one replica, got {n}")
+    if not 0 < t_min <= t_max:
+        raise InputError(f"temperature ladder needs 0 < t_min <= t_max, got {t_min:g}, {t_max:g}")
+    if n == 1:
+        return np.array([float(t_min)])
+    return t_min * (t_max / t_min) ** (np.arange(n) / (n - 1))
+
+
+def replica_simulation(system, temperatures_k: Sequence[float], timestep_ps: float, friction: float = 1.0,
+                       replica_params: Any = None, **simulation_kwargs):
+    """A Langevin replica batch, replica r at ``temperatures_k[r]`` (and parameter set r of ``replica_params``).
+
+    Returns a :class:`jmlsim.simulation.Simulation`; ``simulation_kwargs`` go to it (seed, precision, devices, ...).
+    """
+    from jmlsim.integrators import LangevinBAOAB
+    from jmlsim.simulation import Simulation
+
+    temperatures = np.asarray(temperatures_k, float).reshape(-1)
+    if temperatures.size < 1 or not np.all(temperatures > 0):
+        raise InputError("replica temperatures must be positive (at least one)")
+    kT = tuple(float(t) * system.kB for t in temperatures)
+    integrator = LangevinBAOAB(timestep_ps, kT if len(kT) > 1 else kT[0], friction)
+    try:
+        return Simulation(system, integrator, replicas=len(kT), replica_params=replica_params,
+                          **simulation_kwargs)
+    except ValueError as exc:  # mismatched per-replica settings are the user's input
+        raise InputError(str(exc)) from None
+
+
+def slot_kT(sim) -> np.ndarray:
+    """(R,) thermostat kT of each replica slot (system energy unit)."""
+    kT = getattr(sim.integrator, "kT", sim.kT)
+    return np.broadcast_to(np.asarray(kT, float), (sim.replicas,)).copy()
+
+
+def exchange_deltas(beta: np.ndarray, u_own: np.ndarray, u_cross: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Delta of each attempted pair (see the module docstring).
+
+    beta: (R,) 1/kT per slot. u_own: (R,) U_s(x_s). u_cross: (R,) U_s(x_partner(s)), the slot's Hamiltonian at its
+    partner's configuration (for slots in a pair; ignored otherwise). pairs: (P, 2) slot indices.
+    Returns (P,) Delta; a pair is accepted with probability min(1, exp(-Delta)).
+    """
+    i, j = pairs[:, 0], pairs[:, 1]
+    return beta[i] * (u_cross[i] - u_own[i]) + beta[j] * (u_cross[j] - u_own[j])
+
+
+@dataclasses.dataclass
+class ExchangeStats:
+    """Bookkeeping of a replica-exchange run. Slots are thermodynamic states (temperatures/parameter sets), walkers
+    are the configurations that started in each slot and wander between them.
+
+    attempts, accepted: (R-1,) per neighbouring pair (s, s+1). probability_sum: (R-1,) sum of min(1, exp(-Delta)),
+    a lower-variance estimate of the acceptance rate. walker_at_slot: (R,) which walker sits in each slot now.
+    round_trips: walkers' completed trips slot 0 -> slot R-1 -> slot 0. history: (step, walker_at_slot) per attempt.
+    """
+
+    attempts: np.ndarray
+    accepted: np.ndarray
+    probability_sum: np.ndarray
+    walker_at_slot: np.ndarray
+    round_trips: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    # per walker: 0 = slot 0 not visited yet, 1 = visited slot 0, 2 = then visited slot R-1 (a trip is half done)
+    _trip_stage: Optional[np.ndarray] = None
+
+    @classmethod
+    def empty(cls, replicas: int) -> "ExchangeStats":
+        stage = np.zeros(replicas, np.int8)
+        stage[0] = 1
+        return cls(np.zeros(max(replicas - 1, 0), np.int64), np.zeros(max(replicas - 1, 0), np.int64),
+                   np.zeros(max(replicas - 1, 0)), np.arange(replicas), _trip_stage=stage)
+
+    def acceptance(self) -> np.ndarray:
+        """(R-1,) accepted / attempted per neighbouring pair (nan where never attempted)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.attempts > 0, self.accepted / np.maximum(self.attempts, 1), np.nan)
+
+    def _record(self, step: int) -> None:
+        top = len(self.walker_at_slot) - 1
+        bottom_walker, top_walker = self.walker_at_slot[0], self.walker_at_slot[top]
+        if top > 0:
+            if self._trip_stage[top_walker] == 1:
+                self._trip_stage[top_walker] = 2
+            if self._trip_stage[bottom_walker] == 2:
+                self.round_trips += 1
+            self._trip_stage[bottom_walker] = 1
+        self.history.append((int(step), self.walker_at_slot.copy()))
+
+    def summary(self) -> dict:
+        """JSON-able figures: per-pair acceptance (measured and mean min(1, e^-Delta)), round trips."""
+        acc = self.acceptance()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            expected = np.where(self.attempts > 0, self.probability_sum / np.maximum(self.attempts, 1), np.nan)
+        finite = acc[np.isfinite(acc)]
+        return {"attempts": self.attempts.tolist(), "accepted": self.accepted.tolist(),
+                "acceptance": [None if not np.isfinite(a) else float(a) for a in acc],
+                "mean_acceptance_probability": [None if not np.isfinite(a) else float(a) for a in expected],
+                "mean_acceptance": float(np.mean(finite)) if finite.size else None,
+                "round_trips": int(self.round_trips)}
+
+
+class ReplicaExchange:
+    """Replica exchange between neighbouring slots every ``frequency`` steps; pass it to ``Simulation.run(moves=[...])``.
+
+    Temperature REMD when the replicas differ in thermostat temperature, Hamiltonian REMD when the simulation
+    carries per-replica parameter sets (``replica_params``), or both at once: the rule is the same.
+    """
+
+    def __init__(self, frequency: int, seed: int = 0):
+        if frequency < 1:
+            raise InputError(f"exchange interval must be at least 1 step, got {frequency}")
+        self.frequency = int(frequency)
+        self.rng = np.random.default_rng(seed)
+        self.stats: Optional[ExchangeStats] = None
+        self.n_attempts = 0
+        self._fns: dict = {}
+
+    # -- compiled pieces (one per neighbor-list spec, as the run loop's chunks) ----------------------------
+    def _cross_energy_fn(self, sim):
+        key = ("cross", sim.spec)
+        if key not in self._fns:
+            def cross(params, state, nbrs, partner):
+                moved = state._replace(positions=state.positions[partner])
+                nb = None if nbrs is None else jax.tree_util.tree_map(lambda a: a[partner], nbrs)
+                return sim._energy(params, moved, nb)
+            self._fns[key] = jax.jit(cross)
+        return self._fns[key]
+
+    def _swap_fn(self, sim):
+        key = ("swap", sim.spec)
+        if key not in self._fns:
+            recompute = sim.params_batched  # a configuration entering a slot with other parameters needs new forces
+
+            def swap(params, state, nbrs, perm, velocity_scale):
+                take = lambda a: a[perm]
+                new = state._replace(positions=take(state.positions),
+                                     velocities=take(state.velocities) * velocity_scale[:, None, None].astype(
+                                         state.velocities.dtype),
+                                     forces=take(state.forces),
+                                     thermostat=jax.tree_util.tree_map(take, state.thermostat))
+                nb = None if nbrs is None else jax.tree_util.tree_map(take, nbrs)
+                if recompute:
+                    f, nb = sim._batched_force_fn(params)(new.positions, nb, new.box)
+                    new = new._replace(forces=f)
+                return new, nb
+            self._fns[key] = jax.jit(swap)
+        return self._fns[key]
+
+    # -- the move -----------------------------------------------------------------------------------------
+    def attempt(self, sim) -> np.ndarray:
+        """Attempt swaps on alternating neighbour pairs; updates ``sim.state``. Returns the accepted mask (P,)."""
+        R = sim.replicas
+        if R is None:
+            raise InputError("replica exchange needs a replica batch (replicas >= 2)")
+        if self.stats is None:
+            self.stats = ExchangeStats.empty(R)
+        parity = self.n_attempts % 2
+        self.n_attempts += 1
+        first = np.arange(parity, R - 1, 2)
+        if first.size == 0:
+            return np.zeros(0, bool)
+        pairs = np.stack([first, first + 1], axis=1)
+        partner = np.arange(R)
+        partner[pairs[:, 0]], partner[pairs[:, 1]] = pairs[:, 1], pairs[:, 0]
+        kT = slot_kT(sim)
+        beta = 1.0 / kT
+        u_own = np.asarray(sim.potential(), float)
+        if sim.params_batched:
+            u_cross = np.asarray(self._cross_energy_fn(sim)(sim.params, sim.state, sim.nbrs, jnp.asarray(partner)),
+                                 float)
+        else:  # one Hamiltonian: U_s(x_partner) is the partner's own energy
+            u_cross = u_own[partner]
+        delta = exchange_deltas(beta, u_own, u_cross, pairs)
+        probability = np.exp(-np.maximum(delta, 0.0))  # min(1, e^-Delta) without overflow
+        accepted = self.rng.random(len(pairs)) < probability
+        stats = self.stats
+        stats.attempts[first] += 1
+        stats.accepted[first] += accepted
+        stats.probability_sum[first] += probability
+        if np.any(accepted):
+            perm = np.arange(R)
+            for (i, j), ok in zip(pairs, accepted):
+                if ok:
+                    perm[i], perm[j] = j, i
+            # a configuration arriving from slot perm[s] keeps its kinetic temperature ratio: v * sqrt(T_s / T_from)
+            scale = np.sqrt(kT / kT[perm])
+            state, nbrs = self._swap_fn(sim)(sim.params, sim.state, sim.nbrs, jnp.asarray(perm), jnp.asarray(scale))
+            sim.state, sim.nbrs, _ = sim.place(state, nbrs)
+            stats.walker_at_slot = stats.walker_at_slot[perm]
+        stats._record(sim.step)
+        return accepted
