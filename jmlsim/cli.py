@@ -68,6 +68,9 @@ def _add_system_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prmtop"), g.add_argument("--inpcrd"), g.add_argument("--pdb")
     g.add_argument("--forcefield", nargs="+"), g.add_argument("--gro"), g.add_argument("--top")
     g.add_argument("--potential"), g.add_argument("--xyz")
+    g.add_argument("--molecules", metavar="DIR|LIST",
+                   help="simulate: a library of small molecules in one batch (a directory of .prmtop+.inpcrd / "
+                        ".pdb files, or a list file); vacuum or --implicit-solvent obc2, no constraints")
     g.add_argument("--include-dir", help="GROMACS: directory of the force-field .itp files the .top includes")
     g.add_argument("--implicit-solvent", choices=["obc2"], help="AMBER prmtop: GBSA-OBC2 implicit solvent")
     g.add_argument("--nonbonded", choices=["nocutoff", "cutoff", "reaction-field", "pme"],
@@ -131,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--minimize", action="store_true", help="minimize before the run")
     simulate.add_argument("--neighbor-capacity", type=_integer("neighbor capacity", 1), help=argparse.SUPPRESS)
     simulate.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    from jmlsim.commands import add_all
+
+    parser.handlers = {"energy": cmd_energy, "minimize": cmd_minimize, "simulate": cmd_simulate, **add_all(sub)}
     return parser
 
 
@@ -268,6 +275,8 @@ def cmd_simulate(args) -> None:
     from jmlsim.reporters import LogReporter, TrajectoryReporter, replica_path
     from jmlsim.simulation import Simulation
 
+    if getattr(args, "molecules", None):
+        return _simulate_molecules(args)
     system = load_system(args)
     reduced = system.reduced_units
     barostat = None
@@ -395,6 +404,78 @@ def cmd_simulate(args) -> None:
     _emit(args, result)
 
 
+def _simulate_molecules(args) -> None:
+    """``simulate --molecules LIB``: every molecule of a library in one batch, one trajectory per molecule."""
+    import numpy as np
+
+    from jmlsim import molecule_batch as mb
+    from jmlsim import units
+    from jmlsim.io.trajectory import trajectory_format
+    from jmlsim.reporters import LogReporter
+
+    other = [f for f in ("prmtop", "pdb", "gro", "potential", "lj") if getattr(args, f)]
+    if other:
+        raise InputError(f"--molecules replaces the system: drop --{other[0]}")
+    unsupported = [flag for flag, on in (("--replicas", args.replicas), ("--resume", args.resume),
+                                         ("--checkpoint", args.checkpoint), ("--pressure", args.pressure is not None),
+                                         ("--exchange-interval", args.exchange_interval),
+                                         ("--temperatures", args.temperatures), ("--hmr", args.hmr),
+                                         ("--temperature-max", args.temperature_max)) if on]
+    if unsupported:
+        raise InputError(f"{unsupported[0]} is not supported with --molecules")
+    if args.integrator != "langevin":
+        raise InputError("--molecules runs Langevin dynamics only")
+    if args.nonbonded not in (None, "nocutoff"):
+        raise InputError("--molecules runs without cutoff (vacuum or --implicit-solvent obc2)")
+    if args.constraints not in ("none", "hbonds"):
+        raise InputError("--molecules runs flexible molecules (no constraints)")
+    if args.constraints == "hbonds":  # the default: say that it does not apply
+        print("jmlsim: note: --molecules runs flexible bonds (no constraints); the default step is 1 fs",
+              file=sys.stderr)
+    try:
+        trajectory_format(args.out)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    systems, names, skipped = mb.load_library(args.molecules, args.forcefield or ("amber14-all.xml",),
+                                              args.implicit_solvent)
+    for item in skipped:
+        print(f"jmlsim: skipped {item['name']}: {item['error']}", file=sys.stderr)
+    stem, ext = os.path.splitext(args.out)
+    outputs = [f"{stem}_{name}{ext}" for name in names]
+    log_path = args.log or stem + ".csv"
+    for path in outputs + [log_path]:
+        _check_writable(path, "output", overwrite=args.overwrite)
+    batch = mb.batch_systems(systems, names)
+    timestep = (args.timestep if args.timestep is not None else 1.0) * units.PS_PER_FS
+    temperature = args.temperature if args.temperature is not None else 300.0
+    sim = mb.molecule_simulation(batch, temperature, timestep, args.friction, seed=args.seed,
+                                 precision=args.precision, devices=args.devices)
+    if args.minimize:
+        raise InputError("--minimize is not supported with --molecules")
+    trajectory = mb.MoleculeTrajectoryReporter(outputs, batch.topologies, batch.n_atoms)
+    log = LogReporter(log_path, False, len(names))
+    try:
+        timing = sim.run(args.steps, args.report_interval, [trajectory, log], progress=not args.no_progress)
+    finally:
+        trajectory.close()
+        log.close()
+    frame = sim.frame(timing["final_potential"])
+    result = {
+        "atoms": int(batch.n_atoms.sum()), "steps": sim.step, "replicas": len(names),
+        "timestep_fs": timestep * units.FS_PER_PS, "compile_s": timing["compile_s"], "wall_s": timing["wall_s"],
+        "ns_per_day": units.ns_per_day(timestep, timing["steps_per_s"]), "steps_per_s": timing["steps_per_s"],
+        "final_potential": float(np.mean(frame.potential)), "final_temperature_k": float(np.mean(frame.temperature)),
+        "trajectory": outputs, "log": log_path,
+        "molecules": [{"name": n, "atoms": int(a), "trajectory": o, "final_potential": float(u),
+                       "final_temperature_k": float(t)}
+                      for n, a, o, u, t in zip(names, batch.n_atoms, outputs, frame.potential, frame.temperature)],
+        "skipped": skipped,
+    }
+    if args.devices is not None:
+        result["devices"] = args.devices
+    _emit(args, result)
+
+
 def _replica_temperatures(args, temperature: float):
     """Per-replica temperatures (K, or reduced) from --temperatures / --temperature-max, or None."""
     if args.temperatures is None and args.temperature_max is None:
@@ -440,8 +521,12 @@ def _configure_devices(argv) -> None:
 def main(argv: Optional[list] = None) -> int:
     try:
         _configure_devices(argv)
-        args = build_parser().parse_args(argv)
-        {"energy": cmd_energy, "minimize": cmd_minimize, "simulate": cmd_simulate}[args.command](args)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        handler = parser.handlers[args.command]
+        if isinstance(handler, dict):  # a command group (e.g. "potential train"): dispatch on its own sub-command
+            handler = handler[args.subcommand]
+        handler(args)
         return 0
     except InputError as exc:
         print(f"jmlsim: error: {str(exc).splitlines()[0] if str(exc) else 'bad input'}", file=sys.stderr)

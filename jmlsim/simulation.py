@@ -53,6 +53,14 @@ def dtypes(precision: str):
     return PRECISIONS[precision]
 
 
+def _as_force_dtype(dtype):
+    """Cast floating parameter leaves to the force precision; integer leaves (topology indices) stay integers."""
+    def cast(a):
+        a = jnp.asarray(a)
+        return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+    return cast
+
+
 @dataclasses.dataclass
 class Simulation:
     """Drives ``integrator`` on ``system``.
@@ -68,6 +76,10 @@ class Simulation:
     replica_params: optional parameter pytree with a leading axis R on every leaf (one force-field parameter
     set per replica, e.g. for Hamiltonian replica exchange); default: the system's params shared by all.
     devices: shard the replica axis over this many devices (``jax.devices()[:devices]``), or None.
+    replica_positions (R, N, 3), replica_masses (R, N): per-replica starting positions and masses (a batch of
+    different molecules padded to N atoms, see :mod:`jmlsim.molecule_batch`); no neighbor list or constraints.
+    atom_mask (R, N) bool: the real atoms of each replica; padding atoms are left out of the kinetic energy and
+    the degrees of freedom.
     neighbor_capacity: starting row width of the neighbor list (None: sized from the start structure).
     """
 
@@ -83,6 +95,9 @@ class Simulation:
     constrain_start: bool = True
     replica_params: Any = None
     devices: Optional[int] = None
+    replica_positions: Optional[np.ndarray] = None
+    replica_masses: Optional[np.ndarray] = None
+    atom_mask: Optional[np.ndarray] = None
 
     def __post_init__(self):
         self.dtype, self.force_dtype = dtypes(self.precision)
@@ -103,10 +118,17 @@ class Simulation:
                                  f"{room + sys_.neighbor_cutoff:g}")
             self.skin = min(self.skin, 0.999 * room)
         self.params_batched = self.replica_params is not None
-        self.params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.force_dtype),
+        self.params = jax.tree_util.tree_map(_as_force_dtype(self.force_dtype),
                                              self.replica_params if self.params_batched else sys_.params)
         positions = jnp.asarray(sys_.positions, self.dtype)
         masses = jnp.asarray(sys_.masses, self.dtype)
+        per_replica_atoms = self.replica_positions is not None or self.replica_masses is not None
+        if per_replica_atoms:
+            positions_r = jnp.asarray(self.replica_positions if self.replica_positions is not None else
+                                      np.broadcast_to(sys_.positions, (self.replicas,) + sys_.positions.shape),
+                                      self.dtype)
+            masses_r = jnp.asarray(self.replica_masses if self.replica_masses is not None else
+                                   np.broadcast_to(sys_.masses, (self.replicas,) + sys_.masses.shape), self.dtype)
         constraints = getattr(self.integrator, "constraints", None)
         if constraints is not None and self.constrain_start:
             positions = jax.jit(constraints.positions)(positions, positions, masses)
@@ -126,7 +148,10 @@ class Simulation:
             self.state = self.integrator.init(key, positions, masses, forces, box, self.kT, self.velocities)
             self.nbrs = nbrs
         else:
-            if self.params_batched:  # each replica has its own forces at the common start
+            if per_replica_atoms:  # each replica has its own atoms (and maybe parameters)
+                forces = jax.jit(jax.vmap(lambda p, x: self._force_fn(p, box)(x, nbrs)[0],
+                                          in_axes=(0 if self.params_batched else None, 0)))(self.params, positions_r)
+            elif self.params_batched:  # each replica has its own forces at the common start
                 forces = jax.jit(jax.vmap(lambda p: self._force_fn(p, box)(positions, nbrs)[0]))(self.params)
             else:
                 forces = jnp.broadcast_to(jax.jit(self._force_fn(self.params, box))(positions, nbrs)[0],
@@ -134,15 +159,23 @@ class Simulation:
             # replica r draws from the stream of seed + r, so it reproduces a lone run with that seed
             keys = jax.vmap(jax.random.PRNGKey)(self.seed + jnp.arange(self.replicas))
             kTs = jnp.broadcast_to(jnp.asarray(self.kT, self.dtype), (self.replicas,))
-            init = lambda k, kT, f: self.integrator.init(k, positions, masses, f, box, kT, self.velocities)
-            self.state = jax.vmap(init)(keys, kTs, forces)
+            if per_replica_atoms:
+                init = lambda k, kT, f, x, m: self.integrator.init(k, x, m, f, box, kT, self.velocities)
+                self.state = jax.vmap(init)(keys, kTs, forces, positions_r, masses_r)
+            else:
+                init = lambda k, kT, f: self.integrator.init(k, positions, masses, f, box, kT, self.velocities)
+                self.state = jax.vmap(init)(keys, kTs, forces)
             self.nbrs = None if nbrs is None else jax.tree_util.tree_map(
                 lambda a: jnp.broadcast_to(a, (self.replicas,) + a.shape), nbrs)
         if constraints is not None and self.constrain_start:
             st = self.state
             self.state = st._replace(velocities=jax.jit(constraints.velocities)(st.positions, st.velocities, st.masses))
         n_constraints = 0 if constraints is None else constraints.n_constraints
-        self.dof = 3 * sys_.n_atoms - n_constraints - (3 if getattr(self.integrator, "conserves_momentum", False) else 0)
+        momentum = 3 if getattr(self.integrator, "conserves_momentum", False) else 0
+        if self.atom_mask is not None:  # per replica: its real atoms only
+            self.dof = 3 * np.asarray(self.atom_mask).sum(-1) - n_constraints - momentum
+        else:
+            self.dof = 3 * sys_.n_atoms - n_constraints - momentum
         self._chunks: dict = {}
         self._potential_fns: dict = {}
         self.compile_seconds = 0.0
@@ -167,6 +200,22 @@ class Simulation:
                 if np.ndim(leaf) == 0 or np.shape(leaf)[0] != R:
                     raise ValueError(f"replica_params{jax.tree_util.keystr(path)} has shape {np.shape(leaf)}; "
                                      f"its leading axis must be replicas={R}")
+        n = self.system.n_atoms
+        for name, value, shape in (("replica_positions", self.replica_positions, (R, n, 3)),
+                                   ("replica_masses", self.replica_masses, (R, n)),
+                                   ("atom_mask", self.atom_mask, (R, n))):
+            if value is None:
+                continue
+            if R is None:
+                raise ValueError(f"{name} needs replicas")
+            if np.shape(value) != shape:
+                raise ValueError(f"{name} has shape {np.shape(value)}, expected {shape} (replicas, atoms)")
+        if self.replica_positions is not None or self.replica_masses is not None:
+            if self.system.neighbor_cutoff is not None or self.system.constraints is not None:
+                raise ValueError("per-replica atoms (a molecule batch) need a system without neighbor list and "
+                                 "without constraints")
+            if not hasattr(self.integrator, "friction"):
+                raise ValueError("per-replica atoms (a molecule batch) need the Langevin integrator")
         if self.devices is not None:
             if R is None:
                 raise ValueError("devices (sharding over the replica axis) needs replicas")
@@ -336,7 +385,10 @@ class Simulation:
         if potential is None:
             potential = self.potential()
         st = jax.device_get(self.state)
-        kinetic = np.asarray(kinetic_energy(st.velocities, st.masses))
+        velocities = np.asarray(st.velocities)
+        if self.atom_mask is not None:  # padding atoms carry no kinetic energy of the molecule
+            velocities = velocities * np.asarray(self.atom_mask)[..., None]
+        kinetic = np.asarray(kinetic_energy(velocities, np.asarray(st.masses)))
         box = None if st.box is None else np.asarray(st.box)
         vol = None if box is None else np.abs(np.linalg.det(box))
         return Frame(step=self.step, time=self.step * self.integrator.timestep, positions=np.asarray(st.positions),

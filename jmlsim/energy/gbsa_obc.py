@@ -37,11 +37,13 @@ DEFAULT_SURFACE_AREA_ENERGY = 2.25936  # kJ/mol/nm^2, OpenMM's default
 
 class GBSAOBCParams(NamedTuple):
     """Differentiable per-particle parameters, each (N,): charge (e), radius (nm, before the dielectric
-    offset), scale (dimensionless HCT overlap scale factor)."""
+    offset), scale (dimensionless HCT overlap scale factor). surface_mask: optional (N,) 1/0, the atoms that get the
+    surface-area (ACE) term; None means all (padding atoms of a molecule batch are masked out)."""
 
     charge: Array
     radius: Array
     scale: Array
+    surface_mask: Optional[Array] = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -132,7 +134,8 @@ class GBSAOBC:
             radius = params.radius
             safe_born = jnp.where(born > 0, born, 1.0)
             sa = (4.0 * math.pi * self.surface_area_energy) * (radius + PROBE_RADIUS) ** 2 * (radius / safe_born) ** 6
-            e_sa = jnp.sum(jnp.where(born > 0, sa, 0.0))
+            keep_sa = born > 0 if params.surface_mask is None else (born > 0) & (params.surface_mask > 0)
+            e_sa = jnp.sum(jnp.where(keep_sa, sa, 0.0))
         return e_gb + e_sa
 
 
