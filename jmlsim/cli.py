@@ -180,7 +180,10 @@ def load_system(args):
             raise InputError("--gro needs --top")
         return omm.load_gromacs(args.gro, args.top, include_dir=args.include_dir, **common)
     if args.potential:
-        raise InputError("--potential systems (neural potentials) are not built yet")
+        if not args.xyz:
+            raise InputError("--potential needs --xyz (the molecule, in Angstrom)")
+        from jmlsim.potentials import system_from_xyz
+        return system_from_xyz(args.xyz, args.potential)
     raise InputError("no system given: use --prmtop/--inpcrd, --pdb/--forcefield, --gro/--top or --lj N --density RHO")
 
 

@@ -479,3 +479,25 @@ def test_minimize_from_vacancy_lattice_converges(minimize_300):
     result = json.loads(proc.stdout.splitlines()[-1])
     assert np.isfinite(result["final_potential"])
     assert result["final_potential"] < result["initial_potential"]
+
+
+def test_simulate_with_a_pretrained_neural_potential(tmp_path, capsys):
+    """``simulate --potential NAME --xyz F``: a shipped rMD17 model drives MD of the molecule in an XYZ file."""
+    import mdtraj
+
+    from jmlsim.cli import main
+
+    data = np.load(os.path.join(os.path.dirname(__file__), "data", "rmd17", "rmd17_ethanol_test_01.npz"))
+    symbols = {1: "H", 6: "C", 8: "O"}
+    xyz = tmp_path / "ethanol.xyz"
+    xyz.write_text(f"{len(data['nuclear_charges'])}\nethanol, Angstrom\n" + "".join(
+        f"{symbols[int(z)]} {x:.6f} {y:.6f} {w:.6f}\n" for z, (x, y, w) in zip(data["nuclear_charges"], data["coords"][0])))
+    out = tmp_path / "eth.h5"
+    assert main(["simulate", "--potential", "rmd17-ethanol", "--xyz", str(xyz), "--steps", "100", "--timestep", "0.5",
+                 "--report-interval", "50", "--out", str(out), "--no-progress", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["atoms"] == 9 and np.isfinite(result["final_potential"])
+    traj = mdtraj.load(str(out))
+    assert traj.n_frames == 2 and traj.n_atoms == 9
+    assert main(["simulate", "--potential", "rmd17-ethanol", "--steps", "10", "--out", str(tmp_path / "x.h5")]) == 2
+    assert "--xyz" in capsys.readouterr().err
