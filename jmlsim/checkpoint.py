@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jmlsim.errors import InputError
+from jmlsim.io.atomic import atomic_write
 from jmlsim.neighbors import NeighborListSpec
 
 FORMAT = "jmlsim-checkpoint-1"
@@ -52,18 +52,7 @@ def save(path: str, sim, extra: dict | None = None) -> None:
     if sim.spec is not None:
         meta["neighbor_spec"] = dataclasses.asdict(sim.spec)
     arrays["metadata"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda handle: np.savez(handle, **arrays), suffix=".npz")
 
 
 def read_metadata(path: str) -> tuple[dict, dict]:

@@ -220,12 +220,11 @@ def _pad_term(kind, terms, params, n_atoms, n_pad, per_molecule, term_name):
             charge = _pad_rows(np.asarray(p.charge), n_pad, np.zeros((), np.asarray(p.charge).dtype))
             radius = _pad_rows(np.asarray(p.radius), n_pad, np.asarray(0.15, np.asarray(p.radius).dtype))
             scale = _pad_rows(np.asarray(p.scale), n_pad, np.zeros((), np.asarray(p.scale).dtype))
-            surface = np.zeros(n_pad, np.asarray(p.radius).dtype)
-            surface[:n] = 1.0 if p.surface_mask is None else np.asarray(p.surface_mask)
-            per_molecule[b][term_name] = {"topology": {},
-                                          "values": type(p)(charge=charge, radius=radius, scale=scale,
-                                                            surface_mask=surface)}
-        return terms[0], None
+            surface = np.zeros(n_pad, bool)
+            surface[:n] = True if t.surface_mask is None else np.asarray(t.surface_mask, bool)
+            per_molecule[b][term_name] = {"topology": {"surface_mask": surface},
+                                          "values": type(p)(charge=charge, radius=radius, scale=scale)}
+        return dataclasses.replace(terms[0], **per_molecule[0][term_name]["topology"]), None
     raise AssertionError(kind)
 
 

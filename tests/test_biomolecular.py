@@ -69,6 +69,7 @@ def test_gromacs_input_matches_openmm():
         assert c.within(1e-5, 1e-3, 1e-4), (name, c)
 
 
+@pytest.mark.slow
 def test_simulate_cli_with_constraints_writes_trajectory(tmp_path):
     import mdtraj
     result = last_json(run_cli(tmp_path, "simulate", "--prmtop", WATER[0], "--inpcrd", WATER[1], "--cutoff", 0.8,
@@ -88,6 +89,7 @@ def test_simulate_cli_with_constraints_writes_trajectory(tmp_path):
     assert resumed["steps"] == 80 and mdtraj.load(str(tmp_path / "w.h5")).n_frames == 4
 
 
+@pytest.mark.slow
 def test_minimize_cli_lowers_energy_and_keeps_constraints(tmp_path):
     result = last_json(run_cli(tmp_path, "minimize", "--prmtop", ALA_GBSA[0], "--inpcrd", ALA_GBSA[1],
                                "--max-steps", 50, "--json"))
@@ -199,6 +201,7 @@ def test_lbfgs_minimization_respects_constraints():
     assert np.max(np.abs(np.asarray(sim.integrator.constraints.errors(sim.state.positions)))) < 1e-6
 
 
+@pytest.mark.slow
 def test_simulate_cli_pressure(tmp_path):
     result = last_json(run_cli(tmp_path, "simulate", "--prmtop", WATER[0], "--inpcrd", WATER[1], "--cutoff", 0.8,
                                "--steps", 100, "--pressure", 1.0, "--out", "p.h5", "--no-progress", "--json"))

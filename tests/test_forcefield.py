@@ -83,6 +83,7 @@ def test_terms_match_openmm_single(case):
     assert rel < 1e-4, (name, rel)
 
 
+@pytest.mark.slow
 def test_villin_amber14_pme():
     """Villin in water (8,867 atoms; OpenMM's test.pdb) with amber14-all + tip3p, PME."""
     system, omm = oi.load_pdb(_openmm_data("test.pdb"), ["amber14-all.xml", "amber14/tip3p.xml"], return_openmm=True)
@@ -167,6 +168,7 @@ def test_forces_match_finite_differences_pme():
         assert abs(fd - forces[atom, axis]) < 1e-4 * max(1.0, abs(fd)), (atom, axis, fd, forces[atom, axis])
 
 
+@pytest.mark.slow
 def test_villin_charmm36_pme():
     """CHARMM36 on villin in water: CMAP, Urey-Bradley (as 1-3 HarmonicBondForce entries), harmonic impropers,
     NBFIX LJ tables (CustomNonbondedForce) and 1-4 LJ pairs (CustomBondForce), PME with a 0.8-1.0 nm switch."""

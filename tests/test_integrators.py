@@ -43,7 +43,7 @@ def test_nve_energy_drift_over_10k_steps():
     assert np.mean([f.temperature for f in out.frames]) > 0.3  # it really moved
 
 
-@pytest.mark.parametrize("name", ["langevin", "nose-hoover"])
+@pytest.mark.parametrize("name", ["langevin", pytest.param("nose-hoover", marks=pytest.mark.slow)])
 def test_thermostat_holds_target_temperature(name):
     target = 1.2
     system = lennard_jones_fluid(256, 0.8, cutoff=2.5, switch_distance=2.0)

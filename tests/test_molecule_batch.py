@@ -23,7 +23,8 @@ ALA = os.path.join(HERE, "data", "amber", "alanine-dipeptide-gbsa", "alanine-dip
 def own_energy_and_forces(system):
     x = jnp.asarray(system.positions, jnp.float64)
     p = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), system.params)
-    return float(system.energy(p, x, None, None)), np.asarray(system.forces(p, x, None, None))
+    e, f = jax.jit(lambda p, x: (system.energy(p, x, None, None), system.forces(p, x, None, None)))(p, x)
+    return float(e), np.asarray(f)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,7 @@ def test_implicit_solvent_padding_adds_no_descreening_or_surface_energy():
         np.testing.assert_allclose(np.asarray(forces[b, :22]), f, rtol=0, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_a_batched_run_thermalizes_every_molecule_and_writes_its_own_trajectory(library, tmp_path):
     systems, names, _ = library
     batch = mb.batch_systems(systems, names)

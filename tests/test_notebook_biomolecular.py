@@ -17,6 +17,8 @@ import nbformat
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # executes the notebook (~75 s); the LJ and temperature-scan notebooks run by default
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "biomolecular.ipynb"
 N_STEPS, REPORT_INTERVAL = 200, 20
 

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -39,6 +38,7 @@ import optax
 
 from jmlsim.affinity import models as affinity_models
 from jmlsim.errors import InputError
+from jmlsim.io.atomic import atomic_write
 
 FORMAT = "jmlsim-affinity-model-1"
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
@@ -49,20 +49,9 @@ Featurizer = Callable[[Sequence[Any], jax.Array, bool], np.ndarray]
 # ----------------------------------------------------------------------------------------------- files
 
 def _atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file renamed over it (a crash leaves old or new)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``path`` atomically (see :func:`jmlsim.io.atomic.atomic_write`), creating its folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, data)
 
 
 def _json_safe(value):

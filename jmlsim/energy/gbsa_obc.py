@@ -23,6 +23,7 @@ import math
 from typing import NamedTuple, Optional
 
 import jax.numpy as jnp
+import numpy as np
 
 from jmlsim import space
 
@@ -37,13 +38,11 @@ DEFAULT_SURFACE_AREA_ENERGY = 2.25936  # kJ/mol/nm^2, OpenMM's default
 
 class GBSAOBCParams(NamedTuple):
     """Differentiable per-particle parameters, each (N,): charge (e), radius (nm, before the dielectric
-    offset), scale (dimensionless HCT overlap scale factor). surface_mask: optional (N,) 1/0, the atoms that get the
-    surface-area (ACE) term; None means all (padding atoms of a molecule batch are masked out)."""
+    offset), scale (dimensionless HCT overlap scale factor)."""
 
     charge: Array
     radius: Array
     scale: Array
-    surface_mask: Optional[Array] = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -53,6 +52,8 @@ class GBSAOBC:
     cutoff: nm, or None for OpenMM's NoCutoff. periodic: minimum-image distances in ``box`` (needs a cutoff;
     OpenMM's CutoffPeriodic). triclinic: static choice of minimum-image code path for a non-diagonal box.
     surface_area_energy: kJ/mol/nm^2 (0 turns the ACE term off).
+    surface_mask: optional (N,) 1/0, the atoms that get the surface-area term; None means all (the padding atoms
+    of a molecule batch are masked out).
     """
 
     solute_dielectric: float = 1.0
@@ -61,6 +62,7 @@ class GBSAOBC:
     periodic: bool = False
     surface_area_energy: float = DEFAULT_SURFACE_AREA_ENERGY
     triclinic: bool = False
+    surface_mask: Optional[np.ndarray] = None
 
     def __post_init__(self):
         if self.periodic and self.cutoff is None:
@@ -134,7 +136,7 @@ class GBSAOBC:
             radius = params.radius
             safe_born = jnp.where(born > 0, born, 1.0)
             sa = (4.0 * math.pi * self.surface_area_energy) * (radius + PROBE_RADIUS) ** 2 * (radius / safe_born) ** 6
-            keep_sa = born > 0 if params.surface_mask is None else (born > 0) & (params.surface_mask > 0)
+            keep_sa = born > 0 if self.surface_mask is None else (born > 0) & (jnp.asarray(self.surface_mask) > 0)
             e_sa = jnp.sum(jnp.where(keep_sa, sa, 0.0))
         return e_gb + e_sa
 

@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import json
 import os
-import tempfile
 from typing import Any, Optional, Sequence
 
 import jax
@@ -34,6 +33,7 @@ import numpy as np
 
 from jmlsim import units
 from jmlsim.errors import InputError
+from jmlsim.io.atomic import atomic_write
 from jmlsim.io.datasets import MAX_ATOMIC_NUMBER, check_elements_known
 
 Array = jnp.ndarray
@@ -52,22 +52,8 @@ def _module_from_json(config_json: str):
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    """Write bytes to ``path`` via a temporary file in the same directory, fsync and rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; saved models should read like any other file
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write bytes to ``path`` atomically (see :func:`jmlsim.io.atomic.atomic_write`)."""
+    atomic_write(path, data)
 
 
 def _is_concrete(x) -> bool:
