@@ -53,6 +53,19 @@ def _integer(kind: str, minimum: int):
     return parse
 
 
+def _json_object(flag: str):
+    """argparse type: a JSON object (dict) given on the command line, e.g. ``--hyper '{"width": 0.5}'``."""
+    def parse(text: str) -> dict:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"{flag} must be a JSON object, got {text!r}")
+        return value
+    return parse
+
+
 def _temperature_list(text: str) -> list:
     parse = _finite("temperature")
     values = [parse(t) for t in text.split(",") if t.strip()]

@@ -29,6 +29,7 @@ from jmlsim.energy.bonded import HarmonicAngle, HarmonicBond, PeriodicTorsion
 from jmlsim.energy.gbsa_obc import GBSAOBC
 from jmlsim.energy.nonbonded import Nonbonded, exclusion_band
 from jmlsim.errors import InputError
+from jmlsim.simulation import as_float_dtype
 from jmlsim.system import System
 
 N_PADDING = 4  # an angle needs 3 and a torsion 4 distinct, non-collinear padding atoms
@@ -158,10 +159,9 @@ def batch_systems(systems: Sequence[System], names: Optional[Sequence[str]] = No
             different = {k for k in st if k not in ("n_atoms", "band_width") and st[k] != statics[0][k]}
             if different:
                 raise InputError(f"{name}: {term_name} settings {sorted(different)} differ from {names[0]}'s")
-        template, topo = _pad_term(kind, [s.terms[term_name] for s in systems],
-                                   [s.params[term_name] for s in systems], n_atoms, n_pad, per_molecule, term_name)
+        template = _pad_term(kind, [s.terms[term_name] for s in systems], [s.params[term_name] for s in systems],
+                             n_atoms, n_pad, per_molecule, term_name)
         terms[term_name] = TopologyFromParams(template)
-        del topo
     params = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *per_molecule)
     system = dataclasses.replace(
         first, terms=terms, params=jax.tree_util.tree_map(lambda a: a[0], params), masses=masses[0],
@@ -183,8 +183,7 @@ def _pad_term(kind, terms, params, n_atoms, n_pad, per_molecule, term_name):
             # zero force constants; ones for lengths keep padded bonds' r0 harmless
             values = _pad_params(p, count, zero_fields=p._fields, one_fields=("length",))
             per_molecule[b][term_name] = {"topology": topology, "values": values}
-        template = dataclasses.replace(terms[0], **per_molecule[0][term_name]["topology"])
-        return template, None
+        return dataclasses.replace(terms[0], **per_molecule[0][term_name]["topology"])
     if kind == "nonbonded":
         if any(t.method != "nocutoff" for t in terms):
             raise InputError("molecule batches support NonbondedForce with NoCutoff only")
@@ -209,9 +208,7 @@ def _pad_term(kind, terms, params, n_atoms, n_pad, per_molecule, term_name):
                 else:
                     values[field] = _pad_rows(leaf, n_pad, np.zeros((), leaf.dtype))
             per_molecule[b][term_name] = {"topology": topology, "values": type(p)(**values)}
-        template = dataclasses.replace(terms[0], n_atoms=n_pad, band_width=width,
-                                       **per_molecule[0][term_name]["topology"])
-        return template, None
+        return dataclasses.replace(terms[0], n_atoms=n_pad, band_width=width, **per_molecule[0][term_name]["topology"])
     if kind == "gbsa":
         if any(t.cutoff is not None for t in terms):
             raise InputError("molecule batches support GBSA-OBC2 with NoCutoff only")
@@ -224,7 +221,7 @@ def _pad_term(kind, terms, params, n_atoms, n_pad, per_molecule, term_name):
             surface[:n] = True if t.surface_mask is None else np.asarray(t.surface_mask, bool)
             per_molecule[b][term_name] = {"topology": {"surface_mask": surface},
                                           "values": type(p)(charge=charge, radius=radius, scale=scale)}
-        return dataclasses.replace(terms[0], **per_molecule[0][term_name]["topology"]), None
+        return dataclasses.replace(terms[0], **per_molecule[0][term_name]["topology"])
     raise AssertionError(kind)
 
 
@@ -247,9 +244,7 @@ def molecule_energies(batch: MoleculeBatch, positions=None, precision_dtype=jnp.
     """(B,) potential energies (kJ/mol) and (B, N, 3) forces of every molecule at ``positions`` (default: start)."""
     system = batch.system
     x = jnp.asarray(batch.positions if positions is None else positions, precision_dtype)
-    params = jax.tree_util.tree_map(
-        lambda a: jnp.asarray(a, precision_dtype) if np.issubdtype(np.asarray(a).dtype, np.floating) else jnp.asarray(a),
-        batch.params)
+    params = jax.tree_util.tree_map(as_float_dtype(precision_dtype), batch.params)
 
     def one(p, xb):
         return system.energy(p, xb, None, None), system.forces(p, xb, None, None)

@@ -53,8 +53,8 @@ def dtypes(precision: str):
     return PRECISIONS[precision]
 
 
-def _as_force_dtype(dtype):
-    """Cast floating parameter leaves to the force precision; integer leaves (topology indices) stay integers."""
+def as_float_dtype(dtype):
+    """Leaf cast: floating parameter leaves to ``dtype``; integer leaves (topology indices) stay integers."""
     def cast(a):
         a = jnp.asarray(a)
         return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
@@ -118,7 +118,7 @@ class Simulation:
                                  f"{room + sys_.neighbor_cutoff:g}")
             self.skin = min(self.skin, 0.999 * room)
         self.params_batched = self.replica_params is not None
-        self.params = jax.tree_util.tree_map(_as_force_dtype(self.force_dtype),
+        self.params = jax.tree_util.tree_map(as_float_dtype(self.force_dtype),
                                              self.replica_params if self.params_batched else sys_.params)
         positions = jnp.asarray(sys_.positions, self.dtype)
         masses = jnp.asarray(sys_.masses, self.dtype)

@@ -108,9 +108,11 @@ def voxelize(coords, channels, radii, mask, center, rotation=None, box_size: flo
     return _voxelize_dense(rel, w, rad, axis, atom_block or _default_block())
 
 
-def _voxelize_dense(rel, w, rad, axis, atom_block):
-    n = axis.shape[0]
-    pts = jnp.stack(jnp.meshgrid(axis, axis, axis, indexing='ij'), axis=-1).reshape(-1, 3)  # (G^3, 3)
+def atom_blocks(rel, w, rad, atom_block: int):
+    """Atoms padded to whole blocks for a ``lax.scan`` over blocks: (rel (B, b, 3), radii (B, b), weights (B, b, C)).
+
+    Padding atoms have zero channel weights (and radius 1, so densities stay finite): they add nothing.
+    """
     n_atoms, n_ch = w.shape
     nblk = max(1, -(-n_atoms // atom_block))
     pad = nblk * atom_block - n_atoms
@@ -118,7 +120,14 @@ def _voxelize_dense(rel, w, rad, axis, atom_block):
         rel = jnp.concatenate([rel, jnp.zeros((pad, 3), rel.dtype)])
         w = jnp.concatenate([w, jnp.zeros((pad, n_ch), w.dtype)])
         rad = jnp.concatenate([rad, jnp.ones((pad,), rad.dtype)])
-    blocks = (rel.reshape(nblk, atom_block, 3), rad.reshape(nblk, atom_block), w.reshape(nblk, atom_block, n_ch))
+    return rel.reshape(nblk, atom_block, 3), rad.reshape(nblk, atom_block), w.reshape(nblk, atom_block, n_ch)
+
+
+def _voxelize_dense(rel, w, rad, axis, atom_block):
+    n = axis.shape[0]
+    pts = jnp.stack(jnp.meshgrid(axis, axis, axis, indexing='ij'), axis=-1).reshape(-1, 3)  # (G^3, 3)
+    n_ch = w.shape[1]
+    blocks = atom_blocks(rel, w, rad, atom_block)
 
     def step(acc, blk):
         r, rv, wb = blk

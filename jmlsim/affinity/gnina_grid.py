@@ -65,14 +65,8 @@ def voxelize(coords, channels, radii, mask, center, rotation=None, atom_block: i
         rel = rel @ jnp.asarray(rotation, jnp.float32).T
     w = jnp.asarray(channels, jnp.float32) * jnp.asarray(mask, jnp.float32)[:, None]
     rad = jnp.asarray(radii, jnp.float32)
-    n_atoms, n_ch = w.shape
-    nblk = max(1, -(-n_atoms // atom_block))
-    pad = nblk * atom_block - n_atoms
-    if pad:
-        rel = jnp.concatenate([rel, jnp.zeros((pad, 3), rel.dtype)])
-        w = jnp.concatenate([w, jnp.zeros((pad, n_ch), w.dtype)])
-        rad = jnp.concatenate([rad, jnp.ones((pad,), rad.dtype)])
-    blocks = (rel.reshape(nblk, atom_block, 3), rad.reshape(nblk, atom_block), w.reshape(nblk, atom_block, n_ch))
+    n_ch = w.shape[1]
+    blocks = featurize.atom_blocks(rel, w, rad, atom_block)
 
     def step(acc, blk):
         r, rv, wb = blk

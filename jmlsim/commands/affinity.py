@@ -20,22 +20,12 @@ import shutil
 import sys
 import warnings
 
-from jmlsim.cli import _check_writable, _emit, _finite, _integer
+from jmlsim.cli import _check_writable, _emit, _finite, _integer, _json_object
 from jmlsim.errors import InputError
 
 TYPING_SCHEMES = ("kdeep", "gnina")  # the schemes of jmlsim.affinity.atom_typing (and its HDF5 store)
 
 RUN_FILES = ("best", "last", "log.csv", "learning_curve.png", "split.json", "test_scatter.png")
-
-
-def _hyper(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--hyper must be a JSON object, got {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"--hyper must be a JSON object, got {text!r}")
-    return value
 
 
 def _md_spec(text: str) -> tuple:
@@ -66,7 +56,7 @@ def add_commands(sub) -> dict:
     _add_data_arguments(train)
     train.add_argument("--out", required=True, metavar="DIR", help="run directory (best/, last/, log.csv, plots)")
     train.add_argument("--model", choices=["kdeep", "resnet"], default="kdeep")
-    train.add_argument("--hyper", type=_hyper, metavar="JSON", help='model hyperparameters, e.g. \'{"width": 0.5}\'')
+    train.add_argument("--hyper", type=_json_object("--hyper"), metavar="JSON", help='model hyperparameters, e.g. \'{"width": 0.5}\'')
     train.add_argument("--scheme", choices=["kdeep", "gnina"], default="kdeep", help="atom-typing scheme")
     train.add_argument("--epochs", type=_integer("epochs", 1), default=50)
     train.add_argument("--batch-size", type=_integer("batch size", 1), default=16)

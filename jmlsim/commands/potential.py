@@ -6,26 +6,13 @@ reported in meV and meV/Å (the field's customary units); everything inside runs
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
-from jmlsim.cli import _check_writable, _emit, _finite, _integer
+from jmlsim.cli import _check_writable, _emit, _finite, _integer, _json_object
 from jmlsim.errors import InputError
 
 ARCHITECTURE_NAMES = ("ani", "schnet", "painn", "nequip")
-
-
-def _hyper(text: str) -> dict:
-    import argparse
-
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--hyper must be a JSON object, got {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"--hyper must be a JSON object, got {text!r}")
-    return value
 
 
 def add_commands(sub) -> dict:
@@ -38,7 +25,7 @@ def add_commands(sub) -> dict:
     train.add_argument("--valid-fraction", type=_finite("validation fraction"), default=0.05,
                        help="share of the training frames held out when --valid is not given (default 0.05)")
     train.add_argument("--model", required=True, choices=ARCHITECTURE_NAMES, help="architecture")
-    train.add_argument("--hyper", type=_hyper, default=None, metavar="JSON",
+    train.add_argument("--hyper", type=_json_object("--hyper"), default=None, metavar="JSON",
                        help='architecture hyper-parameters, e.g. \'{"n_features": 32, "n_layers": 2}\'')
     train.add_argument("--out", required=True, metavar="DIR", help="output directory (model/, checkpoints, log)")
     train.add_argument("--epochs", type=_integer("epochs", 1), default=100)
