@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jmlsim.energy.differences import DENSE_MAX_ATOMS, differences, scatter_differences
+
 Array = jnp.ndarray
 
 
@@ -180,13 +182,18 @@ class Constraints:
         y = y * w
         if self.coupling is not None:
             c = self.coupling
-            y = jnp.zeros_like(y).at[c.rows].add(jnp.asarray(c.values, y.dtype) * y[c.cols])
+            n = y.shape[0]
+            if n <= DENSE_MAX_ATOMS:  # a few constraints (a small molecule): a dense product, no scatter
+                dense = np.zeros((n, n))
+                np.add.at(dense, (c.rows, c.cols), c.values)
+                y = jnp.matmul(jnp.asarray(dense, y.dtype), y, precision=jax.lax.Precision.HIGHEST)
+            else:
+                y = jnp.zeros_like(y).at[c.rows].add(jnp.asarray(c.values, y.dtype) * y[c.cols])
         return y * w
 
     def _scatter(self, vec: Array, n: int) -> Array:
         """Per-atom sum of +vec on the first atom and -vec on the second of each pair; (C, 3) -> (n, 3)."""
-        a, b = self.pairs[:, 0], self.pairs[:, 1]
-        return jnp.zeros((n, 3), vec.dtype).at[a].add(vec).at[b].add(-vec)
+        return scatter_differences(vec, self.pairs[:, 0], self.pairs[:, 1], n)
 
     def _richardson(self, matvec, rhs: Array, diag: Array) -> Array:
         """Preconditioned Richardson iteration for matvec(x) = rhs, to a relative max-norm residual."""
@@ -212,8 +219,8 @@ class Constraints:
         a, b = self.pairs[:, 0], self.pairs[:, 1]
         inv_m = jnp.where(masses > 0, 1.0 / jnp.where(masses > 0, masses, 1.0), 0.0)
         inv_pair = inv_m[a] + inv_m[b]
-        d = reference[a] - reference[b]                       # constraint directions at the reference
-        s_new = new[a] - new[b]
+        d = differences(reference, a, b)                      # constraint directions at the reference
+        s_new = differences(new, a, b)
         length2 = jnp.asarray(self.distances, new.dtype) ** 2
         tol = self._tol(new.dtype)
 
@@ -224,7 +231,7 @@ class Constraints:
         def bond_vectors(lam):
             # Built from s_new plus relative displacements, not from absolute coordinates: no cancellation.
             dx = shift(lam)
-            return s_new + (dx[a] - dx[b])
+            return s_new + differences(dx, a, b)
 
         def sigma(lam):
             # |r_ab|^2 - L^2 after displacing by lam; the root is the constrained configuration.
@@ -270,7 +277,7 @@ class Constraints:
         n = positions.shape[0]
         a, b = self.pairs[:, 0], self.pairs[:, 1]
         inv_m = jnp.where(masses > 0, 1.0 / jnp.where(masses > 0, masses, 1.0), 0.0)
-        s = positions[a] - positions[b]
+        s = differences(positions, a, b)
         diag = (inv_m[a] + inv_m[b]) * jnp.sum(s * s, axis=-1)
 
         def kick(mu):
@@ -279,9 +286,9 @@ class Constraints:
         def matvec(mu):
             # K mu = s_k . (dv_a - dv_b), K = B M^-1 B^T: symmetric positive definite.
             dv = kick(mu)
-            return jnp.sum(s * (dv[a] - dv[b]), axis=-1)
+            return jnp.sum(s * differences(dv, a, b), axis=-1)
 
-        rhs = -jnp.sum(s * (velocities[a] - velocities[b]), axis=-1)
+        rhs = -jnp.sum(s * differences(velocities, a, b), axis=-1)
         mu = jax.lax.custom_linear_solve(matvec, rhs, solve=lambda mv, r: self._richardson(mv, r, diag),
                                          symmetric=True)
         return velocities + kick(mu)

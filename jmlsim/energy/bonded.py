@@ -8,7 +8,9 @@ differentiable parameter NamedTuple, with OpenMM's functional forms and units:
     torsion   E = k (1 + cos(n phi - phase))        k kJ/mol, n integer periodicity (static), phase rad
 
 Bonded terms are evaluated without periodic images (as OpenMM does by default): molecules must be whole, which
-they are in jmlsim's unwrapped trajectories. Forces come from autodiff (a scatter over a few thousand terms).
+they are in jmlsim's unwrapped trajectories. Forces come from autodiff (a scatter over a few thousand terms; for
+small molecules a dense incidence-matrix product, see :mod:`jmlsim.energy.differences`). Angles use the
+vectorizable :func:`jmlsim.energy.fast_math.atan2`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
+
+from jmlsim.energy.differences import component_blocks, cross, differences, dot, scale
+from jmlsim.energy.fast_math import atan2
 
 Array = jnp.ndarray
 
@@ -43,31 +48,34 @@ class PeriodicTorsionParams(NamedTuple):
     phase: Array
 
 
-def bond_vectors(positions: Array, i: np.ndarray, j: np.ndarray) -> Array:
+def bond_vectors(positions: Array, i, j) -> Array:
     """positions[j] - positions[i], (..., 3)."""
-    return positions[j] - positions[i]
+    return differences(positions, j, i)
 
 
-def angle_values(positions: Array, atoms: np.ndarray) -> Array:
-    """Angles (A,) in rad at the middle atom of each (A, 3) triple; arctan2 form, stable near 0 and pi."""
-    u = positions[atoms[:, 0]] - positions[atoms[:, 1]]
-    v = positions[atoms[:, 2]] - positions[atoms[:, 1]]
-    cross = jnp.linalg.norm(jnp.cross(u, v), axis=-1)
-    return jnp.arctan2(cross, jnp.sum(u * v, axis=-1))
+def angle_values(positions: Array, atoms) -> Array:
+    """Angles (A,) in rad at the middle atom of each (A, 3) triple; atan2 form, stable near 0 and pi."""
+    u, v = component_blocks(differences(positions, _concat(atoms[:, 0], atoms[:, 2]),
+                                        _concat(atoms[:, 1], atoms[:, 1])), 2)
+    c = cross(u, v)
+    return atan2(jnp.sqrt(dot(c, c)), dot(u, v))
 
 
-def dihedral_values(positions: Array, atoms: np.ndarray) -> Array:
+def dihedral_values(positions: Array, atoms) -> Array:
     """IUPAC dihedral angles (T,) in rad, range (-pi, pi], for (T, 4) atom quadruples."""
-    b1 = positions[atoms[:, 1]] - positions[atoms[:, 0]]
-    b2 = positions[atoms[:, 2]] - positions[atoms[:, 1]]
-    b3 = positions[atoms[:, 3]] - positions[atoms[:, 2]]
-    n1 = jnp.cross(b1, b2)
-    n2 = jnp.cross(b2, b3)
-    b2_norm = jnp.linalg.norm(b2, axis=-1, keepdims=True)
-    m1 = jnp.cross(n1, b2 / b2_norm)
-    x = jnp.sum(n1 * n2, axis=-1)
-    y = jnp.sum(m1 * n2, axis=-1)
-    return jnp.arctan2(-y, x)
+    b1, b2, b3 = component_blocks(differences(positions, _concat(atoms[:, 1], atoms[:, 2], atoms[:, 3]),
+                                              _concat(atoms[:, 0], atoms[:, 1], atoms[:, 2])), 3)
+    n1 = cross(b1, b2)
+    n2 = cross(b2, b3)
+    m1 = cross(n1, scale(b2, 1.0 / jnp.sqrt(dot(b2, b2))))
+    return atan2(-dot(m1, n2), dot(n1, n2))
+
+
+def _concat(*index_arrays):
+    """Concatenate index arrays, host numpy stays numpy (a static topology), traced ones become jnp."""
+    if all(isinstance(a, np.ndarray) for a in index_arrays):
+        return np.concatenate(index_arrays)
+    return jnp.concatenate(index_arrays)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

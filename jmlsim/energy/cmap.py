@@ -27,6 +27,8 @@ from typing import NamedTuple, Sequence, Union
 import jax.numpy as jnp
 import numpy as np
 
+from jmlsim.energy.fast_math import atan2
+
 Array = jnp.ndarray
 
 TWO_PI = 2.0 * np.pi
@@ -78,7 +80,7 @@ def _dihedral(p0: Array, p1: Array, p2: Array, p3: Array) -> Array:
     b1_norm = jnp.sqrt(jnp.sum(b1 * b1, axis=-1))
     y = b1_norm * jnp.sum(b0 * n1, axis=-1)
     x = jnp.sum(n0 * n1, axis=-1)
-    return jnp.arctan2(y, x)
+    return atan2(y, x)
 
 
 def _node_data(grids: Array) -> Array:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmlsim import space
-from jmlsim.energy.nonbonded import masked_pairs, switching_function, tail_integrals
+from jmlsim.energy.nonbonded import masked_pairs, pair_force_rows, partner_values, switching_function, tail_integrals
 from jmlsim.energy.bonded import dihedral_values
 
 Array = jnp.ndarray
@@ -183,10 +183,10 @@ class TabulatedLJ:
 
     def _direct_pairs(self, params: TabulatedLJParams, positions: Array, box: Optional[Array], nbrs):
         """Per-pair (N, K) energies, -du/dr/r and displacements of all non-excluded pairs within the cutoff."""
-        safe_partners, dr, r2, keep = masked_pairs(positions, box, nbrs, self.band, self.band_width, self.cutoff,
-                                                   self.periodic, self.triclinic)
+        partners, dr, r2, keep = masked_pairs(positions, box, nbrs, self.band, self.band_width, self.cutoff,
+                                              self.periodic, self.triclinic)
         types = jnp.asarray(self.types)
-        a, b = self._coefficients(params, types[:, None], types[safe_partners])
+        a, b = self._coefficients(params, types[:, None], partner_values(types, partners))
         u, f_over_r = self._pair(r2, a, b)
         zero = jnp.zeros_like(u)
         return jnp.where(keep, u, zero), jnp.where(keep, f_over_r, zero), dr
@@ -227,7 +227,7 @@ class TabulatedLJ:
     def forces(self, params: TabulatedLJParams, positions: Array, box: Optional[Array], nbrs=None) -> Array:
         """Forces (N, 3) kJ/mol/nm: analytic row sums for the pair sum, autodiff for the corrections."""
         _, f_over_r, dr = self._direct_pairs(params, positions, box, nbrs)
-        direct = jnp.sum(f_over_r[..., None] * dr, axis=1)
+        direct = pair_force_rows(f_over_r, dr)
         return direct - jax.grad(self._corrections, argnums=1)(params, positions, box)
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from jax.scipy.special import erf, erfc
 
 from jmlsim import space
+from jmlsim.energy.differences import differences
 from jmlsim.energy.pme import PMEReciprocal, ewald_self_energy, neutralizing_energy
 
 Array = jnp.ndarray
@@ -115,32 +116,61 @@ def tail_integrals(cutoff: float, switch_distance: Optional[float]) -> tuple[flo
     return j12, j6
 
 
+def dense_exclusions(band, band_width: int):
+    """(N, N) bool: (i, j) excluded, from the band table; host numpy for a static band, jnp for a traced one."""
+    xp = np if isinstance(band, np.ndarray) else jnp
+    n = band.shape[0]
+    offset = np.arange(n)[None, :] - np.arange(n)[:, None]
+    inside = np.abs(offset) <= band_width
+    column = np.clip(offset + band_width, 0, 2 * band_width)
+    return xp.asarray(inside) & xp.take_along_axis(band, xp.asarray(column), axis=1)
+
+
 def masked_pairs(positions: Array, box: Optional[Array], nbrs, band: np.ndarray, band_width: int,
                  cutoff: Optional[float], periodic: bool, triclinic: bool):
     """The pair rows a pair term sums over: all atoms (dense, no cutoff or no list) or the full neighbor list.
 
-    Returns (partners (N, K) clipped to valid indices, dr (N, K, 3) = x_i - x_j (minimum image when periodic),
-    r2 (N, K) with 1.0 on masked pairs so values and gradients stay finite, keep (N, K) bool: a real partner,
-    not the atom itself, not excluded (band lookup, see :func:`exclusion_band`) and inside the cutoff).
+    Returns (partners, dr, r2, keep): dr = x_i - x_j (minimum image when periodic) as a tuple of its (N, K)
+    x, y and z components (contiguous rows vectorize; an (N, K, 3) array with minor axis 3 does not); r2 (N, K)
+    with 1.0 on masked pairs so values and gradients stay finite; keep (N, K) bool: a real partner, not the atom
+    itself, not excluded (band lookup, see :func:`exclusion_band`) and inside the cutoff. partners is None in
+    the dense case (K = N, partner j of every row is atom j: broadcast per-atom values with
+    :func:`partner_values`, no gather), else the (N, K) neighbor indices clipped to valid atoms.
     """
     n = positions.shape[0]
-    if cutoff is None or nbrs is None:
-        partners = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None, :], (n, n))
-    else:
-        partners = nbrs.idx
-    safe_partners = jnp.minimum(partners, n - 1)
-    dr = positions[:, None, :] - positions[safe_partners]
-    if periodic:
-        dr = space.minimum_image(dr, box, triclinic)
-    r2 = jnp.sum(dr * dr, axis=-1)
     rows = jnp.arange(n, dtype=jnp.int32)[:, None]
-    offset = partners - rows
-    excluded = (jnp.abs(offset) <= band_width) & jnp.asarray(band)[rows, jnp.clip(offset + band_width, 0,
-                                                                                    2 * band_width)]
-    keep = (partners < n) & (partners != rows) & ~excluded
+    if cutoff is None or nbrs is None:
+        partners = None
+        keep = ~(dense_exclusions(band, band_width) | np.eye(n, dtype=bool))
+        if periodic:
+            dr = space.minimum_image(positions[:, None, :] - positions[None, :, :], box, triclinic)
+            dr = (dr[..., 0], dr[..., 1], dr[..., 2])
+        else:
+            dr = tuple(positions[:, None, k] - positions[None, :, k] for k in range(3))
+    else:
+        partners = jnp.minimum(nbrs.idx, n - 1)
+        dr = positions[:, None, :] - positions[partners]
+        if periodic:
+            dr = space.minimum_image(dr, box, triclinic)
+        dr = (dr[..., 0], dr[..., 1], dr[..., 2])
+        offset = nbrs.idx - rows
+        excluded = (jnp.abs(offset) <= band_width) & jnp.asarray(band)[rows, jnp.clip(offset + band_width, 0,
+                                                                                        2 * band_width)]
+        keep = (nbrs.idx < n) & (nbrs.idx != rows) & ~excluded
+    r2 = dr[0] * dr[0] + dr[1] * dr[1] + dr[2] * dr[2]
     if cutoff is not None:
         keep = keep & (r2 < cutoff**2)
-    return safe_partners, dr, jnp.where(keep, r2, 1.0), keep
+    return partners, dr, jnp.where(keep, r2, 1.0), keep
+
+
+def pair_force_rows(f_over_r: Array, dr: tuple) -> Array:
+    """Forces (N, 3) = sum over partners of (-du/dr / r) * (x_i - x_j); f_over_r (N, K), dr as from masked_pairs."""
+    return jnp.stack([jnp.sum(f_over_r * d, axis=1) for d in dr], axis=-1)
+
+
+def partner_values(values: Array, partners: Optional[Array]) -> Array:
+    """Per-atom values (N, ...) at each pair's partner: (N, K, ...) gathered, or (1, N, ...) broadcast (dense)."""
+    return values[None] if partners is None else values[partners]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -212,13 +242,13 @@ class Nonbonded:
 
     def _direct_pairs(self, params: NonbondedParams, positions: Array, box: Optional[Array], nbrs):
         """Per-pair (N, K) energies, -du/dr/r and displacements of all non-excluded pairs within the cutoff."""
-        safe_partners, dr, r2, keep = masked_pairs(positions, box, nbrs, self.band, self.band_width, self.cutoff,
-                                                   self.periodic, self.triclinic)
+        partners, dr, r2, keep = masked_pairs(positions, box, nbrs, self.band, self.band_width, self.cutoff,
+                                              self.periodic, self.triclinic)
         q = params.charge
-        sigma = 0.5 * (params.sigma[:, None] + params.sigma[safe_partners])
+        sigma = 0.5 * (params.sigma[:, None] + partner_values(params.sigma, partners))
         root_eps = _safe_sqrt(params.epsilon)
-        epsilon = root_eps[:, None] * root_eps[safe_partners]
-        u, f_over_r = self._pair(r2, q[:, None] * q[safe_partners], sigma, epsilon)
+        epsilon = root_eps[:, None] * partner_values(root_eps, partners)
+        u, f_over_r = self._pair(r2, q[:, None] * partner_values(q, partners), sigma, epsilon)
         zero = jnp.zeros_like(u)
         return jnp.where(keep, u, zero), jnp.where(keep, f_over_r, zero), dr
 
@@ -230,7 +260,7 @@ class Nonbonded:
         q = params.charge
         if len(self.exceptions):
             i, j = self.exceptions[:, 0], self.exceptions[:, 1]
-            d = positions[j] - positions[i]
+            d = differences(positions, j, i)
             r2 = jnp.sum(d * d, axis=-1)
             r = jnp.sqrt(r2)
             s6 = (params.exception_sigma**2 / r2) ** 3
@@ -284,5 +314,4 @@ class Nonbonded:
     def forces(self, params: NonbondedParams, positions: Array, box: Optional[Array], nbrs=None) -> Array:
         """Forces (N, 3) kJ/mol/nm: analytic row sums for the pair sum, autodiff for the rest."""
         _, f_over_r, dr = self._direct_pairs(params, positions, box, nbrs)
-        direct = jnp.sum(f_over_r[..., None] * dr, axis=1)
-        return direct - jax.grad(self._corrections, argnums=1)(params, positions, box)
+        return pair_force_rows(f_over_r, dr) - jax.grad(self._corrections, argnums=1)(params, positions, box)
