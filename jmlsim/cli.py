@@ -142,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--exchange-interval", type=_integer("exchange interval", 1), metavar="STEPS",
                           help="temperature replica exchange between neighbouring replicas every STEPS steps")
     simulate.add_argument("--devices", type=_integer("devices", 1),
-                          help="shard the replicas over this many devices (on CPU: host threads)")
+                          help="shard the replicas over this many devices (on CPU: host threads); with "
+                               "--num-processes, the devices of all processes together")
+    multi = simulate.add_argument_group("multi-host (jax.distributed: run the same command on every host)")
+    multi.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    multi.add_argument("--num-processes", type=_integer("number of processes", 1), metavar="P")
+    multi.add_argument("--process-id", type=_integer("process id", 0), metavar="I")
     simulate.add_argument("--seed", type=_integer("seed", 0), default=0)
     simulate.add_argument("--minimize", action="store_true", help="minimize before the run")
     simulate.add_argument("--neighbor-capacity", type=_integer("neighbor capacity", 1), help=argparse.SUPPRESS)
@@ -235,12 +240,17 @@ def _simulation(system, integrator, **kwargs):
         raise InputError(str(exc)) from None
 
 
+_result_stream = None  # where results go when stdout is diverted (multi-process runs); None: sys.stdout
+
+
 def _emit(args, result: dict) -> None:
+    out = _result_stream or sys.stdout
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result), file=out, flush=True)
     else:
         for key, value in result.items():
-            print(f"{key}: {value}")
+            print(f"{key}: {value}", file=out)
+        out.flush()
 
 
 def cmd_energy(args) -> None:
@@ -293,6 +303,8 @@ def cmd_simulate(args) -> None:
 
     if getattr(args, "molecules", None):
         return _simulate_molecules(args)
+    from jmlsim.distributed import is_main_process
+    main_process = is_main_process()
     system = load_system(args)
     reduced = system.reduced_units
     barostat = None
@@ -327,7 +339,7 @@ def cmd_simulate(args) -> None:
             if not os.path.exists(path):
                 raise InputError(f"cannot resume: {path} is missing")
             _check_writable(path, "output", overwrite=True)
-    else:
+    elif main_process:  # in a multi-process run only process 0 writes
         for path in outputs + [log_path]:
             _check_writable(path, "output", overwrite=args.overwrite)
         if args.checkpoint:
@@ -363,9 +375,13 @@ def cmd_simulate(args) -> None:
     start_step = sim.step
     steps_left = max(args.steps - start_step, 0)
     keep = frames_done if meta is not None else None
-    trajectory = TrajectoryReporter(args.out, topology, args.replicas, keep_frames=keep)
-    log = LogReporter(log_path, reduced, args.replicas, keep_until_step=start_step if meta is not None else None)
     frames = {"n": frames_done}
+    if main_process:
+        trajectory = TrajectoryReporter(args.out, topology, args.replicas, keep_frames=keep)
+        log = LogReporter(log_path, reduced, args.replicas, keep_until_step=start_step if meta is not None else None)
+        reporters = [trajectory, log]
+    else:
+        reporters = []
 
     class _FrameCounter:
         def report(self, frame):
@@ -375,14 +391,14 @@ def cmd_simulate(args) -> None:
         ckpt.save(args.checkpoint, s, {"frames": frames["n"]})
 
     try:
-        timing = sim.run(steps_left, args.report_interval, [trajectory, log, _FrameCounter()],
-                         progress=not args.no_progress,
+        timing = sim.run(steps_left, args.report_interval, reporters + [_FrameCounter()],
+                         progress=main_process and not args.no_progress,
                          checkpoint=write_checkpoint if args.checkpoint else None,
                          checkpoint_every=args.checkpoint_interval, barostat=barostat,
                          moves=[exchange] if exchange is not None else [])
     finally:
-        trajectory.close()
-        log.close()
+        for reporter in reporters:
+            reporter.close()
     potential = timing["final_potential"]
     if potential is None:  # nothing left to run (resumed at the end): report the current state
         potential = np.asarray(sim._energy(sim.params, sim.state, sim.nbrs))
@@ -407,7 +423,8 @@ def cmd_simulate(args) -> None:
     if exchange is not None and exchange.stats is not None:
         result["exchange"] = {"interval": args.exchange_interval, **exchange.stats.summary(),
                               "walkers": os.path.splitext(log_path)[0] + ".walkers.csv"}
-        _write_walkers(result["exchange"]["walkers"], exchange.stats)
+        if main_process:
+            _write_walkers(result["exchange"]["walkers"], exchange.stats)
     if barostat is not None:
         from jmlsim.barostat import density
         result.update({"pressure_bar": args.pressure, "barostat_acceptance": barostat.stats.acceptance_rate,
@@ -417,7 +434,10 @@ def cmd_simulate(args) -> None:
         result.update({"units": "lj-reduced (timestep_fs, ns_per_day, final_temperature_k mapped onto argon: "
                                 "sigma 0.3405 nm, epsilon/kB 119.8 K, m 39.948 amu)",
                        "timestep_tau": timestep, "final_temperature_reduced": float(np.mean(frame.temperature))})
-    _emit(args, result)
+    if args.num_processes is not None:
+        result["processes"] = args.num_processes
+    if main_process:
+        _emit(args, result)
 
 
 def _simulate_molecules(args) -> None:
@@ -521,17 +541,59 @@ def _write_walkers(path: str, stats) -> None:
 
 
 def _configure_devices(argv) -> None:
-    """--devices N on the CPU: ask XLA for N host devices before JAX starts (it reads XLA_FLAGS once)."""
+    """--devices N on the CPU: ask XLA for N host devices before JAX starts (it reads XLA_FLAGS once); N / P of
+    them per process with --num-processes P."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--devices" not in argv or "jax" in sys.modules:
         return
     try:
         n = int(argv[argv.index("--devices") + 1])
-    except (IndexError, ValueError):
+        if "--num-processes" in argv:
+            n = max(n // int(argv[argv.index("--num-processes") + 1]), 1)
+    except (IndexError, ValueError, ZeroDivisionError):
         return  # argparse reports it
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={max(n, 1)}".strip()
+
+
+def _join_processes(args) -> None:
+    """simulate --coordinator/--num-processes/--process-id: check them and join the run (before JAX computes)."""
+    flags = {"--coordinator": getattr(args, "coordinator", None), "--num-processes": getattr(args, "num_processes", None),
+             "--process-id": getattr(args, "process_id", None)}
+    if all(v is None for v in flags.values()):
+        return
+    missing = [name for name, v in flags.items() if v is None]
+    if missing:
+        raise InputError(f"a multi-process run needs {', '.join(flags)} (missing {missing[0]})")
+    from jmlsim import distributed
+
+    try:
+        distributed.parse_coordinator(args.coordinator)
+        if args.process_id >= args.num_processes:
+            raise ValueError(f"--process-id {args.process_id} must be below --num-processes {args.num_processes}")
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if not args.replicas or args.devices is None:
+        raise InputError("a multi-process run shards replicas: give --replicas and --devices (all processes' devices)")
+    if args.devices % args.num_processes:
+        raise InputError(f"--devices {args.devices} do not divide over --num-processes {args.num_processes}")
+    unsupported = [flag for flag, on in (("--checkpoint", args.checkpoint), ("--resume", args.resume),
+                                         ("--molecules", getattr(args, "molecules", None)),
+                                         ("--minimize", args.minimize)) if on]
+    if unsupported:
+        raise InputError(f"{unsupported[0]} is not supported in a multi-process run yet")
+    # The collectives library (gloo) prints connection notes on the C-level stdout: send them to stderr and
+    # keep stdout for the result alone.
+    global _result_stream
+    sys.stdout.flush()
+    _result_stream = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    try:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    except Exception as exc:  # noqa: BLE001 - connection failures of any kind are the user's setup
+        raise InputError(f"cannot join the multi-process run at {args.coordinator}: {str(exc).splitlines()[0]}") \
+            from None
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -539,6 +601,7 @@ def main(argv: Optional[list] = None) -> int:
         _configure_devices(argv)
         parser = build_parser()
         args = parser.parse_args(argv)
+        _join_processes(args)
         handler = parser.handlers[args.command]
         if isinstance(handler, dict):  # a command group (e.g. "potential train"): dispatch on its own sub-command
             handler = handler[args.subcommand]

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jmlsim.distributed import to_host
 from jmlsim.errors import InputError
 
 
@@ -204,8 +205,7 @@ class ReplicaExchange:
         beta = 1.0 / kT
         u_own = np.asarray(sim.potential(), float)
         if sim.params_batched:
-            u_cross = np.asarray(self._cross_energy_fn(sim)(sim.params, sim.state, sim.nbrs, jnp.asarray(partner)),
-                                 float)
+            u_cross = to_host(self._cross_energy_fn(sim)(sim.params, sim.state, sim.nbrs, partner)).astype(float)
         else:  # one Hamiltonian: U_s(x_partner) is the partner's own energy
             u_cross = u_own[partner]
         delta = exchange_deltas(beta, u_own, u_cross, pairs)
@@ -222,7 +222,7 @@ class ReplicaExchange:
                     perm[i], perm[j] = j, i
             # a configuration arriving from slot perm[s] keeps its kinetic temperature ratio: v * sqrt(T_s / T_from)
             scale = np.sqrt(kT / kT[perm])
-            state, nbrs = self._swap_fn(sim)(sim.params, sim.state, sim.nbrs, jnp.asarray(perm), jnp.asarray(scale))
+            state, nbrs = self._swap_fn(sim)(sim.params, sim.state, sim.nbrs, perm, scale)
             sim.state, sim.nbrs, _ = sim.place(state, nbrs)
             stats.walker_at_slot = stats.walker_at_slot[perm]
         stats._record(sim.step)

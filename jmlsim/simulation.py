@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmlsim import space, units
+from jmlsim.distributed import host_local, to_host
 from jmlsim.errors import SimulationError
 from jmlsim.integrators.state import MDState, kinetic_energy
 from jmlsim.neighbors import NeighborList, NeighborListSpec, plan
@@ -246,10 +247,11 @@ class Simulation:
         R = self.replicas
 
         def put(a):
-            return jax.device_put(a, sharded if np.ndim(a) >= 1 and np.shape(a)[0] == R else replicated)
+            # host_local: a mesh spanning several processes takes host arrays (the same in every process)
+            return jax.device_put(host_local(a), sharded if np.ndim(a) >= 1 and np.shape(a)[0] == R else replicated)
         on = lambda tree: None if tree is None else jax.tree_util.tree_map(put, tree)
         params = None if params is None else jax.tree_util.tree_map(
-            lambda a: jax.device_put(a, sharded if self.params_batched else replicated), params)
+            lambda a: jax.device_put(host_local(a), sharded if self.params_batched else replicated), params)
         return on(state), on(nbrs), params
 
     # -- compiled pieces ------------------------------------------------------------------------------
@@ -337,7 +339,7 @@ class Simulation:
     # -- host loop ------------------------------------------------------------------------------------
     @property
     def step(self) -> int:
-        return int(np.max(np.asarray(self.state.step)))
+        return int(np.max(to_host(self.state.step)))
 
     def advance(self, n_steps: int) -> np.ndarray:
         """Run n_steps as one chunk (redone with a larger neighbor list on overflow). Returns the potential."""
@@ -345,17 +347,17 @@ class Simulation:
         while True:
             fn = self.chunk_fn(n_steps, start_state, start_nbrs)
             state, nbrs, potential, bad = fn(self.params, start_state, start_nbrs)
-            overflow = False if nbrs is None else bool(np.any(np.asarray(nbrs.overflow)))
+            overflow = False if nbrs is None else bool(np.any(to_host(nbrs.overflow)))
             if not overflow:
                 break
             # Enlarge the list and redo the whole chunk from where it started: nothing is dropped.
-            self.spec = self.spec.regrown(nbrs, None if start_state.box is None else np.asarray(start_state.box))
+            self.spec = self.spec.regrown(to_host(nbrs), None if start_state.box is None else to_host(start_state.box))
             self.regrowths += 1
             start_nbrs = self.place(start_state, self._rebuild(start_state))[1]
-        bad = int(bad)
-        potential = np.asarray(potential)
+        bad = int(to_host(bad))
+        potential = to_host(potential)
         if bad >= 0 or not np.all(np.isfinite(potential)):
-            where = f"at step {bad}" if bad >= 0 else f"by step {int(np.max(np.asarray(state.step)))}"
+            where = f"at step {bad}" if bad >= 0 else f"by step {int(np.max(to_host(state.step)))}"
             raise SimulationError(f"simulation blew up: non-finite forces or an atom jumping past the cutoff {where} "
                                   f"(try a smaller timestep or minimize first)")
         self.state, self.nbrs = state, nbrs
@@ -378,13 +380,13 @@ class Simulation:
         # bound method each call would retrace and recompile every chunk
         if self.spec not in self._potential_fns:
             self._potential_fns[self.spec] = jax.jit(self._energy)
-        return np.asarray(self._potential_fns[self.spec](self.params, self.state, self.nbrs))
+        return to_host(self._potential_fns[self.spec](self.params, self.state, self.nbrs))
 
     def frame(self, potential: Optional[np.ndarray] = None) -> Frame:
         """The current state as a host-side Frame (potential computed when not given)."""
         if potential is None:
             potential = self.potential()
-        st = jax.device_get(self.state)
+        st = to_host(self.state)
         velocities = np.asarray(st.velocities)
         if self.atom_mask is not None:  # padding atoms carry no kinetic energy of the molecule
             velocities = velocities * np.asarray(self.atom_mask)[..., None]

@@ -1,0 +1,84 @@
+"""Multi-host runs (jax.distributed): two local processes, 2 CPU devices each, shard 4 replicas of alanine dipeptide
+with temperature replica exchange; the result must equal one process running the same replicas unsharded."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import mdtraj
+import numpy as np
+import pytest
+
+from jmlsim.cli import main
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ALA = os.path.join(HERE, "data", "amber", "alanine-dipeptide-gbsa", "alanine-dipeptide")
+COMMON = ["simulate", "--prmtop", ALA + ".prmtop", "--inpcrd", ALA + ".crd", "--replicas", "4", "--steps", "30",
+          "--report-interval", "10", "--precision", "double", "--seed", "5", "--no-progress", "--json",
+          "--temperatures", "300,330,360,400", "--exchange-interval", "10"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # the CLI sets the per-process device count itself
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def test_two_processes_equal_one(tmp_path):
+    port = _free_port()
+    procs = []
+    for pid in (1, 0):
+        out = tmp_path / f"multi{pid}.dcd"
+        cmd = [sys.executable, "-m", "jmlsim", *COMMON, "--devices", "4", "--coordinator", f"localhost:{port}",
+               "--num-processes", "2", "--process-id", str(pid), "--out", str(out)]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()))
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (stdout, stderr) in zip(procs, results):
+        assert p.returncode == 0, stderr[-2000:]
+    worker_out, main_out = results[0][0], results[1][0]
+    assert worker_out.strip() == ""  # only process 0 prints and writes
+    assert not list(tmp_path.glob("multi1*"))
+    assert main_out.count("\n") == 1  # stdout holds the JSON line alone (gloo's notes go to stderr)
+    multi = json.loads(main_out)
+    assert multi["processes"] == 2 and multi["devices"] == 4 and multi["replicas"] == 4
+
+    single_out = tmp_path / "single.dcd"
+    single = subprocess.run([sys.executable, "-m", "jmlsim", *COMMON, "--out", str(single_out)], capture_output=True,
+                            text=True, env=_env(), timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    single = json.loads(single.stdout.strip().splitlines()[-1])
+    assert multi["exchange"]["accepted"] == single["exchange"]["accepted"]
+    np.testing.assert_allclose(multi["final_temperatures_k"], single["final_temperatures_k"], rtol=1e-9)
+    top = ALA + ".pdb"
+    for r in range(4):
+        a = mdtraj.load(str(tmp_path / f"multi0_r{r}.dcd"), top=top)
+        b = mdtraj.load(str(tmp_path / f"single_r{r}.dcd"), top=top)
+        assert a.n_frames == b.n_frames == 3
+        np.testing.assert_allclose(a.xyz, b.xyz, atol=1e-5)  # DCD stores float32 Angstrom
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--coordinator", "localhost:1234", "--process-id", "0"], "missing --num-processes"),
+    (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"], "HOST:PORT"),
+    (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "2"], "below --num-processes"),
+    (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "0", "--devices", "3"],
+     "do not divide"),
+    (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "0", "--devices", "2",
+      "--checkpoint", "x.h5"], "--checkpoint is not supported"),
+])
+def test_bad_multi_process_flags(tmp_path, capsys, extra, message):
+    argv = [a for a in COMMON if a != "--json"] + ["--out", str(tmp_path / "t.dcd")] + extra
+    if "--devices" not in extra:
+        argv += ["--devices", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
