@@ -27,7 +27,6 @@ import dataclasses
 from typing import Any, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jmlsim.distributed import to_host

@@ -355,26 +355,14 @@ def test_md_poses_from_trajectory(tmp_path):
 @pytest.mark.slow
 def test_notebook_executes(tmp_path):
     """notebooks/affinity.ipynb at small size: featurizes (24^3 x 16 grid), trains 1 epoch, predicts all six."""
-    nbclient = pytest.importorskip("nbclient")
-    import nbformat
+    from notebook_runner import images, run_notebook, stream_text
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    nb = nbformat.read(os.path.join(root, "notebooks", "affinity.ipynb"), as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert len(tagged) == 1
-    tagged[0].source = (f"DATA = {os.path.join(root, 'tests', 'data', 'pdbbind-mini')!r}\nMODEL = 'resnet'\n"
-                        "HYPER = {'channels': [8, 16], 'groups': 4}\nEPOCHS = 1\nOUT = 'run'\n")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MPLBACKEND", "Agg")
-    try:
-        nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        mp.undo()
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                   if o.get("output_type") == "stream")
+    nb = run_notebook("affinity.ipynb", f"DATA = {os.path.join(root, 'tests', 'data', 'pdbbind-mini')!r}\n"
+                      "MODEL = 'resnet'\nHYPER = {'channels': [8, 16], 'groups': 4}\nEPOCHS = 1\nOUT = 'run'\n",
+                      tmp_path)
+    text = stream_text(nb)
     assert "grid shape (24, 24, 24, 16)" in text
     assert text.count("prediction ") == 6 and "epochs 1" in text
-    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) >= 3
+    assert images(nb) >= 3
     assert os.path.isfile(tmp_path / "run" / "best" / "params.msgpack")

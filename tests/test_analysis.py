@@ -417,23 +417,11 @@ def test_adaptive_driver_and_cli_round_trip(alanine, tmp_path):
 
 @pytest.mark.slow
 def test_notebook_runs_at_small_size(tmp_path):
-    import nbclient
-    import nbformat
+    from notebook_runner import run_notebook, stream_text
 
-    nb = nbformat.read(ROOT / "notebooks" / "msm_alanine.ipynb", as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert len(tagged) == 1
-    tagged[0].source = ("TEMPERATURE_K = 400.0\nREPLICAS = 8\nEPOCHS = 2\nSTEPS_PER_EPOCH = 400\n"
-                        "REPORT_INTERVAL = 20\nLAG_PS = 0.08\nN_CLUSTERS = 12\nVAMPNET_EPOCHS = 2\nSEED = 0\n")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MPLBACKEND", "Agg")
-    mp.setenv("JMLSIM_ALANINE", str(ALA))
-    try:
-        nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        mp.undo()
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                   if o.get("output_type") == "stream")
+    nb = run_notebook("msm_alanine.ipynb", "TEMPERATURE_K = 400.0\nREPLICAS = 8\nEPOCHS = 2\nSTEPS_PER_EPOCH = 400\n"
+                      "REPORT_INTERVAL = 20\nLAG_PS = 0.08\nN_CLUSTERS = 12\nVAMPNET_EPOCHS = 2\nSEED = 0\n",
+                      tmp_path, env={"JMLSIM_ALANINE": str(ALA)})
+    text = stream_text(nb)
     assert "total MD steps: 6400" in text
     assert "slowest implied timescale" in text and "VAMPnet slowest timescale" in text

@@ -165,6 +165,7 @@ def test_nve_with_pme_and_constraints_conserves_energy():
     assert np.max(np.abs(errors)) < 1e-6
 
 
+@pytest.mark.slow
 def test_langevin_with_constraints_samples_the_temperature():
     """LangevinMiddle-type BAOAB with SETTLE: <T> over 3N - constraints degrees of freedom is the bath's."""
     system = oi.load_amber(*WATER, cutoff=0.8)
@@ -191,6 +192,7 @@ def test_nose_hoover_with_constraints_conserves_extended_energy():
     assert np.ptp(conserved) < 0.5, conserved
 
 
+@pytest.mark.slow
 def test_lbfgs_minimization_respects_constraints():
     from jmlsim.minimize import minimize
     system = oi.load_amber(*WATER, cutoff=0.8)

@@ -293,6 +293,7 @@ def test_resume_after_sigkill(tmp_path):
 
 
 # -- 5. exact resume --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()

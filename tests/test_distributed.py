@@ -33,6 +33,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     port = _free_port()
     procs = []

@@ -183,6 +183,7 @@ def test_alanine_dipeptide_remd_acceptance_matches_the_energy_overlap(alanine):
     assert stats.walker_at_slot.tolist() != list(range(4)) or stats.accepted.sum() > 0
 
 
+@pytest.mark.slow
 def test_hamiltonian_exchange_recomputes_forces_and_accepts_identical_hamiltonians(alanine):
     params = jax.tree_util.tree_map(lambda a: np.stack([np.asarray(a)] * 4), alanine.params)
     sim = ensemble.replica_simulation(alanine, [300.0] * 4, 0.002, replica_params=params, seed=4)

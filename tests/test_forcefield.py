@@ -91,6 +91,7 @@ def test_villin_amber14_pme():
     _assert_terms(compare_with_openmm(omm, system, dtype=jnp.float64), 1e-5, 1e-3, 1e-4, "villin amber14")
 
 
+@pytest.mark.slow
 def test_villin_ff19sb_cmap_reaction_field():
     """ff19SB (amber19-all, CMAP) on villin with OPC-free tip3pfb water and reaction field."""
     system, omm = oi.load_pdb(_openmm_data("test.pdb"), ["amber19-all.xml", "amber19/tip3pfb.xml"],

@@ -267,29 +267,14 @@ def test_notebook_runs_at_small_size(tmp_path):
     """notebooks/nnp_ethanol.ipynb with the ``parameters`` cell made small: it trains, evaluates and runs MD."""
     import re
 
-    nbclient = pytest.importorskip("nbclient")
-    import nbformat
+    from notebook_runner import images, run_notebook, stream_text
 
-    path = os.path.join(os.path.dirname(__file__), "..", "notebooks", "nnp_ethanol.ipynb")
-    nb = nbformat.read(path, as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert len(tagged) == 1
-    tagged[0].source = ('N_TRAIN = 40\nN_VALID = 8\nN_TEST = 50\nEPOCHS = 3\nARCH = "schnet"\n'
-                        'HYPER = {"n_features": 16, "n_interactions": 1}\nMD_STEPS = 200\nTIMESTEP_FS = 0.5\n')
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MPLBACKEND", "Agg")
-    try:
-        nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        mp.undo()
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                   if o.get("output_type") == "stream")
+    nb = run_notebook("nnp_ethanol.ipynb", 'N_TRAIN = 40\nN_VALID = 8\nN_TEST = 50\nEPOCHS = 3\nARCH = "schnet"\n'
+                      'HYPER = {"n_features": 16, "n_interactions": 1}\nMD_STEPS = 200\nTIMESTEP_FS = 0.5\n', tmp_path)
+    text = stream_text(nb)
     for pattern in (r"test energy MAE: ([\d.]+) meV", r"test force MAE: ([\d.]+) meV/Å",
                     r"NVE drift: (-?[\d.]+) kJ/mol/ps"):
         match = re.search(pattern, text)
         assert match and np.isfinite(float(match.group(1))), (pattern, text)
-    images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                 if "image/png" in o.get("data", {}))
-    assert images == 3  # learning curve, parity, energy trace
+    assert images(nb) == 3  # learning curve, parity, energy trace
     assert (tmp_path / "nnp_ethanol_run" / "model" / "params.msgpack").exists()

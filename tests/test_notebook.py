@@ -7,13 +7,12 @@ jupyter_client launches with the interpreter running this test (so the notebook 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-import nbclient
 import nbformat
 import pytest
+from notebook_runner import NOTEBOOKS, run_notebook, stream_text
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "lj_fluid.ipynb"
+NOTEBOOK = NOTEBOOKS / "lj_fluid.ipynb"
 
 SMALL_PARAMETERS = """\
 N_ATOMS = 256
@@ -24,12 +23,6 @@ REPORT_INTERVAL = 50
 """
 
 
-def _stdout(nb) -> str:
-    return "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
-                   for out in cell.get("outputs", []) if out.get("output_type") == "stream"
-                   and out.get("name") == "stdout")
-
-
 def _number(pattern: str, text: str) -> float:
     match = re.search(pattern, text)
     assert match, f"notebook printed no line matching {pattern!r}; stdout was:\n{text}"
@@ -38,19 +31,9 @@ def _number(pattern: str, text: str) -> float:
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert len(tagged) == 1, "the notebook needs exactly one cell tagged 'parameters'"
-    tagged[0].source = SMALL_PARAMETERS
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MPLBACKEND", "Agg")
-    try:
-        workdir = tmp_path_factory.mktemp("lj_fluid_nb")
-        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                resources={"metadata": {"path": str(workdir)}}).execute()
-    finally:
-        mp.undo()
-    return nb, _stdout(nb), workdir
+    workdir = tmp_path_factory.mktemp("lj_fluid_nb")
+    nb = run_notebook(NOTEBOOK.name, SMALL_PARAMETERS, workdir, timeout=600)
+    return nb, stream_text(nb, "stdout"), workdir
 
 
 def test_saved_without_outputs():

@@ -12,14 +12,14 @@ import math
 import re
 from pathlib import Path
 
-import nbclient
 import nbformat
 import numpy as np
 import pytest
+from notebook_runner import NOTEBOOKS, run_notebook, stream_text
 
 pytestmark = pytest.mark.slow  # executes the notebook (~75 s); the LJ and temperature-scan notebooks run by default
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "biomolecular.ipynb"
+NOTEBOOK = NOTEBOOKS / "biomolecular.ipynb"
 N_STEPS, REPORT_INTERVAL = 200, 20
 
 
@@ -38,12 +38,6 @@ SEED = 1
 """
 
 
-def _stdout(nb) -> str:
-    return "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
-                   for out in cell.get("outputs", []) if out.get("output_type") == "stream"
-                   and out.get("name") == "stdout")
-
-
 def _number(pattern: str, text: str) -> float:
     match = re.search(pattern, text)
     assert match, f"notebook printed no line matching {pattern!r}; stdout was:\n{text}"
@@ -52,20 +46,10 @@ def _number(pattern: str, text: str) -> float:
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert len(tagged) == 1, "the notebook needs exactly one cell tagged 'parameters'"
     output_dir = tmp_path_factory.mktemp("biomolecular_out")
-    tagged[0].source = _parameters(output_dir)
     workdir = tmp_path_factory.mktemp("biomolecular_cwd")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MPLBACKEND", "Agg")
-    try:
-        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                resources={"metadata": {"path": str(workdir)}}).execute()
-    finally:
-        mp.undo()
-    return nb, _stdout(nb), output_dir, workdir
+    nb = run_notebook(NOTEBOOK.name, _parameters(output_dir), workdir, timeout=600)
+    return nb, stream_text(nb, "stdout"), output_dir, workdir
 
 
 def test_saved_with_outputs():
@@ -84,7 +68,8 @@ def test_saved_with_outputs():
     params: dict = {}
     exec(tagged[0].source, params)
     frames = math.ceil(params["N_STEPS"] / params["REPORT_INTERVAL"])
-    assert f"{frames} frames" in _stdout(nb) and f"{params['N_STEPS']} steps" in _stdout(nb)
+    saved = stream_text(nb, "stdout")
+    assert f"{frames} frames" in saved and f"{params['N_STEPS']} steps" in saved
 
 
 def test_writes_only_into_output_dir(executed):

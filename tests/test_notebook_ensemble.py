@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-import nbclient
-import nbformat
 import numpy as np
+from notebook_runner import NOTEBOOKS, run_notebook, stream_text
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "temperature_scan.ipynb"
+NOTEBOOK = NOTEBOOKS / "temperature_scan.ipynb"
 
 
 def test_temperature_scan_notebook_runs_at_small_size(tmp_path):
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", []))
-    cell.source = (f"N_REPLICAS = 4\nT_MIN_K, T_MAX_K = 300.0, 600.0\nN_STEPS = 300\nREPORT_INTERVAL = 50\n"
-                   f"SEED = 1\nOUTPUT_DIR = {str(tmp_path)!r}\n")
-    nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    stdout = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                     if o.get("output_type") == "stream" and o.get("name") == "stdout")
+    nb = run_notebook(NOTEBOOK.name, f"N_REPLICAS = 4\nT_MIN_K, T_MAX_K = 300.0, 600.0\nN_STEPS = 300\n"
+                      f"REPORT_INTERVAL = 50\nSEED = 1\nOUTPUT_DIR = {str(tmp_path)!r}\n", NOTEBOOK.parent)
+    stdout = stream_text(nb, "stdout")
     assert re.search(r"22 atoms, 12 constraints, 4 replicas, T = 300 \.\.\. 600 K", stdout), stdout
     assert "replica-ns/day aggregate" in stdout
     data = np.load(tmp_path / "temperature_scan.npz")

@@ -24,7 +24,7 @@ def tight_capacity():
     return int(nbrs.max_neighbors)
 
 
-@pytest.mark.parametrize("replicas", [None, 3], ids=["single", "batched"])
+@pytest.mark.parametrize("replicas", [None, pytest.param(3, marks=pytest.mark.slow)], ids=["single", "batched"])
 def test_overflow_regrows_and_reproduces_the_ample_run(replicas):
     capacity = tight_capacity()
     tight, ample = make(capacity, replicas), make(None, replicas)
