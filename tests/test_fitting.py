@@ -351,6 +351,40 @@ def test_fit_torsions_cli_on_stored_gfn2_scan(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+FLURBIPROFEN = DATA / "fitting" / "flurbiprofen"
+BIARYL = (4, 5, 8, 9)
+
+
+def test_equivalent_quadruples_are_the_ones_an_frcmod_line_sets():
+    """The biaryl ca-cp-cp-ca type sequence appears on four quadruples about the C6-C9 bond."""
+    from jmlsim.io.openmm_import import load_amber
+
+    prmtop = str(FLURBIPROFEN / "flurbiprofen.prmtop")
+    system = load_amber(prmtop, str(FLURBIPROFEN / "flurbiprofen.inpcrd"), nonbonded="nocutoff",
+                        constraints="none")
+    types = export.prmtop_atom_types(prmtop)
+    quads = tf.equivalent_quadruples(system, BIARYL, types)
+    assert quads[0].tolist() == list(BIARYL)
+    assert sorted(map(tuple, quads.tolist())) == [(4, 5, 8, 9), (4, 5, 8, 13), (6, 5, 8, 9), (6, 5, 8, 13)]
+    assert tf.equivalent_quadruples(system, BIARYL, None).tolist() == [list(BIARYL)]
+
+
+@pytest.mark.slow
+def test_fit_biaryl_torsion_of_a_drug_like_ligand(tmp_path, capsys):
+    """Flurbiprofen (GAFF2/AM1-BCC) biaryl torsion against its stored GFN2-xTB scan: the fit is shared by the four
+    ca-cp-cp-ca quadruples, RMSE after <= 0.3 kcal/mol, and the frcmod gives OpenMM jmlsim's energies."""
+    args = ["fit", "torsions", "--prmtop", str(FLURBIPROFEN / "flurbiprofen.prmtop"),
+            "--inpcrd", str(FLURBIPROFEN / "flurbiprofen.inpcrd"), "--dihedral", *map(str, BIARYL),
+            "--qm-scan", str(FLURBIPROFEN / "flurbiprofen_biaryl_gfn2.npz"), "--out", str(tmp_path / "fit"),
+            "--no-progress", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["atom_types"] == ["ca", "cp", "cp", "ca"]
+    assert len(result["fitted_quadruples"]) == 4 and result["frcmod_quadruples_changed"] == 4
+    assert result["rmse_after_kcal_mol"] <= 0.3 < result["rmse_before_kcal_mol"]
+    assert result["openmm_max_abs_energy_diff_kj_mol"] < 1e-4
+
+
 @pytest.mark.slow
 def test_live_gfn2_scan_small():
     """A coarse (60 degree) live GFN2-xTB scan of phi holding psi: relaxed, restrained, sensible barrier."""

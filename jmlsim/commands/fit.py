@@ -148,7 +148,7 @@ def cmd_fit_torsions(args) -> None:
             qm_method = "GFN2-xTB"
     qm_s = time.perf_counter() - t0
     result = tf.fit_torsion(system, atoms, qm, rounds=args.rounds, restarts=args.restarts, steps=args.fit_steps,
-                            seed=args.seed, log=log)
+                            seed=args.seed, log=log, atom_types=types)
     terms = result.terms_after
     frcmod = export.frcmod_text([types[a] for a in atoms], tf.PERIODICITIES, terms.k, terms.phase,
                                 remark=f"jmlsim fit torsions: dihedral {list(atoms)} vs {qm_method}")
@@ -183,6 +183,7 @@ def cmd_fit_torsions(args) -> None:
         "qm_scan_range_kcal_mol": float(np.ptp(qm.energies)) * KCAL_PER_KJ,
         "max_restraint_deviation_deg": float(np.max(np.abs(np.rad2deg(
             np.angle(np.exp(1j * (qm.angles - qm.targets))))))),
+        "fitted_quadruples": result.quadruples.tolist(),
         "frcmod_quadruples_changed": quadruples,
         "openmm_max_abs_energy_diff_kj_mol": openmm_diff,
         "qm_s": qm_s, "wall_s": time.perf_counter() - t0,

@@ -4,6 +4,9 @@ Protocol (the usual one of torsion parametrization tools, here end to end in JAX
   1. QM relaxed scan (:func:`jmlsim.fitting.scan.relax_qm`) gives geometries x_i^QM and energies E_i^QM.
   2. The target quadruple's existing periodic-torsion terms are replaced by a Fourier series
      sum_{n=1..6} k_n (1 + cos(n phi - phase_n)) held in a new term ``FittedTorsion`` (k kJ/mol, phase rad).
+     With atom types (a prmtop) the same series replaces the terms of every quadruple with the same type
+     sequence (a biaryl bond has four: C-C-C-C on either side of each ring), because that is what the exported
+     frcmod line does when a force field is rebuilt from it: the fitted model and the exported one are the same.
   3. MM relaxed scan from the QM geometries (same restraint), giving x_i^MM.
   4. Fit k_n, phase_n with optax (Adam, several random restarts vmapped together) to minimise the variance
      of E^MM(params; x_i^MM) - E_i^QM over the scan (a constant offset is free), plus a small L2 penalty on k.
@@ -56,23 +59,57 @@ def existing_terms(system, atoms: Sequence[int]) -> list:
     return found
 
 
-def with_fitted_torsion(system, atoms: Sequence[int], terms: Optional[FourierTerms] = None):
-    """A copy of ``system`` whose torsion rows on ``atoms`` are zeroed and that has a ``FittedTorsion`` term
-    (periodicities 1..6 on that quadruple) holding ``terms`` (zeros when None)."""
+def equivalent_quadruples(system, atoms: Sequence[int], atom_types: Optional[Sequence[str]]) -> np.ndarray:
+    """(Q, 4) torsion quadruples whose atom-type sequence equals that of ``atoms`` (either direction), ``atoms``
+    first; just ``atoms`` without types. These are the torsions one frcmod DIHE line sets."""
+    atoms = tuple(int(a) for a in atoms)
+    found = [atoms]
+    if atom_types is not None:
+        key = tuple(atom_types[a] for a in atoms)
+        for term in system.terms.values():
+            if isinstance(term, PeriodicTorsion) and len(term.atoms):
+                for row in np.asarray(term.atoms).tolist():
+                    names = tuple(atom_types[a] for a in row)
+                    quad = tuple(row) if tuple(row) < tuple(row[::-1]) else tuple(row[::-1])
+                    if (names == key or names[::-1] == key) and quad not in found and quad[::-1] not in found:
+                        found.append(quad)
+    return np.asarray(found, dtype=np.int32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SharedFourierTorsion:
+    """One Fourier series (params k, phase of shape (M,), periodicities 1..M) on every quadruple of
+    ``quadruples`` (Q, 4): E = sum_q sum_n k_n (1 + cos(n phi_q - phase_n)), kJ/mol."""
+
+    quadruples: np.ndarray
+
+    def energy(self, params: PeriodicTorsionParams, positions, box=None, nbrs=None):
+        count = len(self.quadruples)
+        rows = np.repeat(np.asarray(self.quadruples, np.int32), len(PERIODICITIES), axis=0)
+        term = PeriodicTorsion(rows, np.tile(PERIODICITIES, count))
+        return term.energy(PeriodicTorsionParams(k=jnp.tile(params.k, count), phase=jnp.tile(params.phase, count)),
+                           positions)
+
+
+def with_fitted_torsion(system, atoms: Sequence[int], terms: Optional[FourierTerms] = None,
+                        quadruples: Optional[np.ndarray] = None):
+    """A copy of ``system`` whose torsion rows on ``atoms`` (and on every quadruple of ``quadruples``, see
+    :func:`equivalent_quadruples`) are zeroed and that has a ``FittedTorsion`` term (periodicities 1..6 shared by
+    those quadruples) holding ``terms`` (zeros when None)."""
     if system.box is not None:
         raise InputError("torsion fitting needs a molecule in vacuum (the input is periodic)")
+    quadruples = np.asarray([atoms] if quadruples is None else quadruples, dtype=np.int32).reshape(-1, 4)
     params = dict(system.params)
     for name, term in system.terms.items():
         if isinstance(term, PeriodicTorsion) and len(term.atoms):
-            mask = _same_quadruple(np.asarray(term.atoms), atoms)
+            mask = np.any([_same_quadruple(np.asarray(term.atoms), q) for q in quadruples], axis=0)
             if mask.any():
                 p = params[name]
                 params[name] = PeriodicTorsionParams(k=np.where(mask, 0.0, np.asarray(p.k)), phase=p.phase)
     if terms is None:
         terms = FourierTerms(np.zeros(len(PERIODICITIES)), np.zeros(len(PERIODICITIES)))
-    quad = np.tile(np.asarray(atoms, dtype=np.int32), (len(PERIODICITIES), 1))
     new_terms = dict(system.terms)
-    new_terms[FITTED_TERM] = PeriodicTorsion(quad, PERIODICITIES.copy())
+    new_terms[FITTED_TERM] = SharedFourierTorsion(quadruples)
     params[FITTED_TERM] = PeriodicTorsionParams(k=jnp.asarray(terms.k, jnp.float64),
                                                 phase=jnp.asarray(terms.phase, jnp.float64))
     # jnp leaves: numpy leaves in a closure would be indexed by tracers inside the jitted fit.
@@ -176,14 +213,18 @@ class TorsionFitResult(NamedTuple):
     rmse_after: float
     rounds: list  # [(round, fit loss, re-relaxed RMSE kJ/mol)]
     system: object  # the fitted System (FittedTorsion term holds terms_after)
+    quadruples: np.ndarray  # (Q, 4) the torsions sharing the fitted series (atoms first)
 
 
 def fit_torsion(system, atoms: Sequence[int], qm: ScanResult, rounds: int = 3, restarts: int = 8,
-                steps: int = 1500, relax_iterations: int = 2000, seed: int = 0, log=None) -> TorsionFitResult:
-    """Fit the dihedral ``atoms`` of ``system`` (open boundaries, float64 advised) to the QM scan ``qm``."""
+                steps: int = 1500, relax_iterations: int = 2000, seed: int = 0, log=None,
+                atom_types: Optional[Sequence[str]] = None) -> TorsionFitResult:
+    """Fit the dihedral ``atoms`` of ``system`` (open boundaries, float64 advised) to the QM scan ``qm``; with
+    ``atom_types`` the fitted series is shared by every quadruple of the same types (see the module docstring)."""
     atoms = tuple(int(a) for a in atoms)
+    quadruples = equivalent_quadruples(system, atoms, atom_types)
     before = original_fourier(system, atoms)
-    fitted = with_fitted_torsion(system, atoms, before)
+    fitted = with_fitted_torsion(system, atoms, before, quadruples)
     relax = make_mm_relaxer(energy_function(fitted), atoms, iterations=relax_iterations, held=qm.held,
                             held_targets=qm.held_targets)
     mm_before = relax(fitted.params, qm.positions, qm.targets)
@@ -205,7 +246,7 @@ def fit_torsion(system, atoms: Sequence[int], qm: ScanResult, rounds: int = 3, r
         geometries, init = mm.positions, terms
     rmse_after, terms_after, mm_after = best
     return TorsionFitResult(atoms, qm, mm_before, mm_after, before, terms_after, rmse_before, rmse_after, history,
-                            with_fitted_torsion(system, atoms, terms_after))
+                            with_fitted_torsion(system, atoms, terms_after, quadruples), quadruples)
 
 
 def plot_profiles(result: TorsionFitResult, path: str, title: str = "") -> None:
