@@ -1,5 +1,6 @@
-"""``jmlsim fit``: force-field fitting. ``fit torsions`` (one dihedral against a QM scan) and ``fit observables``
-(LJ parameters against target ensemble averages, by reweighting).
+"""``jmlsim fit``: force-field fitting. ``fit torsions`` (one dihedral against a QM scan), ``fit observables``
+(LJ parameters against target ensemble averages, by reweighting) and ``fit water`` (a 3-site water's oxygen
+sigma/epsilon against NPT density and heat of vaporization, by reweighting).
 
 Heavy imports (jax, openmm, tblite, scipy, matplotlib) happen inside the handlers.
 """
@@ -62,7 +63,15 @@ def add_commands(sub) -> dict:
     o.add_argument("--seed", type=_integer("seed", 0), default=0)
     o.add_argument("--no-progress", action="store_true")
     o.add_argument("--json", action="store_true")
-    return {"fit": {"torsions": cmd_fit_torsions, "observables": cmd_fit_observables}}
+    add_water_parser(fsub)
+    return {"fit": {"torsions": cmd_fit_torsions, "observables": cmd_fit_observables,
+                    "water": _cmd_fit_water}}
+
+
+def _cmd_fit_water(args) -> None:
+    from jmlsim.fitting import water_observables
+
+    water_observables.cmd_fit_water(args)
 
 
 def _check_out_dir(out: str, overwrite: bool) -> None:
@@ -246,3 +255,41 @@ def cmd_fit_observables(args) -> None:
         "targets": {"energy_per_atom": args.target_energy, "pressure": args.target_pressure},
         "units": "reduced LJ", "wall_s": time.perf_counter() - t0,
     })
+
+
+def add_water_parser(fsub) -> None:
+    """``jmlsim fit water``: the oxygen sigma/epsilon of a TIP3P-like water box against density (and dH_vap)."""
+    from jmlsim.cli import _finite, _integer
+
+    w = fsub.add_parser("water", help="fit the oxygen LJ sigma/epsilon of a 3-site water box to NPT density "
+                                      "(and heat of vaporization) by reweighting")
+    w.add_argument("--prmtop", required=True, help="AMBER prmtop of a box of 3-site waters")
+    w.add_argument("--inpcrd", required=True, help="coordinates with box")
+    w.add_argument("--cutoff", type=_finite("cutoff"), default=0.8, help="PME direct-space cutoff, nm")
+    w.add_argument("--temperature", type=_finite("temperature"), default=300.0, help="K")
+    w.add_argument("--pressure", type=_finite("pressure", positive=False), default=1.0, help="bar")
+    w.add_argument("--target-density", type=_finite("target density"), default=0.997, help="g/cm3")
+    w.add_argument("--target-dhvap", type=float, default=None,
+                   help="kJ/mol (e.g. 44.0); omitted: fit the density alone")
+    w.add_argument("--sigma-scale", type=_finite("sigma scale"), default=1.0,
+                   help="start from the prmtop's sigma_O times this factor")
+    w.add_argument("--epsilon-scale", type=_finite("epsilon scale"), default=1.0,
+                   help="start from the prmtop's epsilon_O times this factor")
+    w.add_argument("--iterations", type=_integer("iterations", 1), default=60,
+                   help="Adam steps (cheap next to the MD: each evaluates the stored frames only)")
+    w.add_argument("--learning-rate", type=_finite("learning rate"), default=0.0025,
+                   help="Adam step on log sigma_O")
+    w.add_argument("--epsilon-step-ratio", type=_finite("epsilon step ratio"), default=4.0,
+                   help="Adam step on log epsilon_O relative to log sigma_O")
+    w.add_argument("--max-resamples", type=_integer("max resamples", 0), default=24)
+    w.add_argument("--frames", type=_integer("frames", 2), default=60, help="frames per sample")
+    w.add_argument("--every", type=_integer("every", 1), default=50, help="MD steps between frames")
+    w.add_argument("--equilibration-ps", type=_finite("equilibration", allow_zero=True), default=2.0,
+                   help="ps before each sample (the first one: twice this)")
+    w.add_argument("--verify-ps", type=_finite("verify length", allow_zero=True), default=0.0,
+                   help="length of a plain NPT check at the fitted parameters, ps (0: none)")
+    w.add_argument("--ess-fraction", type=_finite("ESS fraction"), default=0.3,
+                   help="resample when the effective sample size falls below this fraction of the frames")
+    w.add_argument("--seed", type=_integer("seed", 0), default=0)
+    w.add_argument("--no-progress", action="store_true")
+    w.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
