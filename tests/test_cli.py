@@ -421,6 +421,7 @@ def test_existing_output_is_not_overwritten(tmp_path, h5_run, existing):
     assert sorted(p.name for p in tmp_path.iterdir()) == [existing], "a refused run created other files"
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_existing_output(tmp_path, h5_run):
     src, _ = h5_run
     _copy_outputs(src, tmp_path)

@@ -76,6 +76,7 @@ def test_batched_replicas_equal_lone_runs_with_their_seeds_and_temperatures(alan
     assert np.max(np.abs(np.asarray(batch.state.positions[0] - batch.state.positions[1]))) > 1e-3
 
 
+@pytest.mark.slow
 def test_per_replica_parameter_sets_equal_lone_runs_with_those_parameters(alanine):
     scale = np.array([1.0, 0.5])
     params = jax.tree_util.tree_map(lambda a: np.stack([np.asarray(a)] * 2), alanine.params)

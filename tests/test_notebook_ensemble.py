@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 from notebook_runner import NOTEBOOKS, run_notebook, stream_text
 
 NOTEBOOK = NOTEBOOKS / "temperature_scan.ipynb"
 
 
+@pytest.mark.slow
 def test_temperature_scan_notebook_runs_at_small_size(tmp_path):
     nb = run_notebook(NOTEBOOK.name, f"N_REPLICAS = 4\nT_MIN_K, T_MAX_K = 300.0, 600.0\nN_STEPS = 300\n"
                       f"REPORT_INTERVAL = 50\nSEED = 1\nOUTPUT_DIR = {str(tmp_path)!r}\n", NOTEBOOK.parent)

@@ -275,6 +275,12 @@ def add_water_parser(fsub) -> None:
                    help="start from the prmtop's sigma_O times this factor")
     w.add_argument("--epsilon-scale", type=_finite("epsilon scale"), default=1.0,
                    help="start from the prmtop's epsilon_O times this factor")
+    w.add_argument("--fit-charge", action="store_true",
+                   help="also fit |q_O| (the hydrogens carry +|q_O|/2, molecules stay neutral)")
+    w.add_argument("--charge-scale", type=_finite("charge scale"), default=1.0,
+                   help="with --fit-charge: start from the prmtop's |q_O| times this factor")
+    w.add_argument("--charge-step-ratio", type=_finite("charge step ratio"), default=0.5,
+                   help="Adam step on log |q_O| relative to log sigma_O")
     w.add_argument("--iterations", type=_integer("iterations", 1), default=60,
                    help="Adam steps (cheap next to the MD: each evaluates the stored frames only)")
     w.add_argument("--learning-rate", type=_finite("learning rate"), default=0.0025,

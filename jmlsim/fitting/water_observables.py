@@ -14,6 +14,7 @@ included), evaluated in double precision, so the weights and averages are differ
 Observables, per frame (shapes (K,)):
   * density rho_k = M / V_k in g/cm^3 (M: total mass in amu, V_k = |det b_k| in nm^3);
   * potential energy per molecule U_k / N_mol, kJ/mol;
+  * the oxygen-oxygen RDF g_k(r) (:func:`oxygen_rdf`, (K, B)), reweighted by :func:`reweighted_rdf`;
   * heat of vaporization dH_vap = -<U> / N_mol + R T, kJ/mol. This is the usual estimate for a *rigid*
     non-polarizable model: the gas-phase molecule has no intermolecular energy and, being rigid, no
     intramolecular energy either (TIP3P's bond and angle terms are held at their minimum by SETTLE, so they
@@ -51,6 +52,7 @@ from jmlsim.errors import InputError
 
 TERM = "NonbondedForce"
 R_KJ_PER_MOL_K = 0.00831446261815324
+PARAMETER_NAMES = ("sigma_nm", "epsilon_kj_mol", "charge_magnitude_e")  # theta_lin, in this order
 OBSERVABLES = ("density_g_cm3", "u_per_molecule_kj_mol", "dhvap_kj_mol")
 EXPERIMENT_300K = {"density_g_cm3": 0.997, "dhvap_kj_mol": 44.0}  # water, ~298-300 K, 1 bar
 DEFAULT_SCALES = {"density_g_cm3": 0.005, "u_per_molecule_kj_mol": 0.25, "dhvap_kj_mol": 0.25}
@@ -58,8 +60,8 @@ DEFAULT_SCALES = {"density_g_cm3": 0.005, "u_per_molecule_kj_mol": 0.25, "dhvap_
 
 class WaterFrames(NamedTuple):
     """Stored NPT frames. positions (K, N, 3) nm (unwrapped molecules); boxes (K, 3, 3) nm; energies (K,) kJ/mol
-    at the sampling parameters, recomputed in double precision by :meth:`WaterModel.energies`; params (2,) the
-    sampling (sigma_O nm, epsilon_O kJ/mol)."""
+    at the sampling parameters, recomputed in double precision by :meth:`WaterModel.energies`; params (P,) the
+    sampling (sigma_O nm, epsilon_O kJ/mol[, |q_O| e])."""
 
     positions: np.ndarray
     boxes: np.ndarray
@@ -96,6 +98,25 @@ def with_oxygen_lj(params, mask: np.ndarray, sigma, epsilon):
                            epsilon=jnp.where(m, jnp.asarray(epsilon, eps.dtype), eps))
 
 
+def with_water_charges(params, mask: np.ndarray, charge_magnitude):
+    """NonbondedParams with the ``mask`` (oxygen) charges set to -charge_magnitude (e) and every other (hydrogen)
+    charge to +charge_magnitude / 2, so each molecule stays neutral (differentiable). Exception charge products
+    are left alone: in a rigid 3-site water every intramolecular pair is an exclusion (product 0)."""
+    m = jnp.asarray(mask)
+    q = jnp.asarray(params.charge)
+    c = jnp.asarray(charge_magnitude, q.dtype)
+    return params._replace(charge=jnp.where(m, -c, 0.5 * c))
+
+
+def with_water_parameters(params, mask: np.ndarray, theta_lin):
+    """NonbondedParams at theta_lin = (sigma_O nm, epsilon_O kJ/mol[, |q_O| e]): LJ always, charges when the
+    third entry is present (its length is static under jit)."""
+    params = with_oxygen_lj(params, mask, theta_lin[0], theta_lin[1])
+    if len(theta_lin) == 3:
+        params = with_water_charges(params, mask, theta_lin[2])
+    return params
+
+
 def block_average(x, n_blocks: int = 10) -> tuple[float, float]:
     """(mean, standard error from ``n_blocks`` contiguous block means) of a time series x (T,)."""
     x = np.asarray(x, np.float64)
@@ -108,13 +129,14 @@ class WaterModel:
     """Reweighting energies of a water box (a jmlsim System from ``load_amber``) as a function of the oxygen
     (sigma, epsilon).
 
-    energies(theta_lin (2,), positions (K, N, 3), boxes (K, 3, 3)) -> (K,) kJ/mol is jitted, double precision,
-    differentiable in theta_lin, and evaluates the frames ``batch_size`` at a time (``lax.map``). Pairs come
+    energies(theta_lin (P,), positions (K, N, 3), boxes (K, 3, 3)) -> (K,) kJ/mol is jitted, double precision,
+    differentiable in theta_lin, and evaluates the frames ``batch_size`` at a time (``lax.map``). theta_lin is
+    (sigma_O nm, epsilon_O kJ/mol), or with ``fit_charge`` also |q_O| in e (the hydrogens carry +|q_O|/2). Pairs come
     from the dense all-pairs path of the NonbondedForce (no neighbor list: the box changes from frame to frame,
     and a 648-atom box is small enough), which gives the same energy as the listed sum.
     """
 
-    def __init__(self, system, temperature_k: float = 300.0, batch_size: int = 8):
+    def __init__(self, system, temperature_k: float = 300.0, batch_size: int = 8, fit_charge: bool = False):
         jax.config.update("jax_enable_x64", True)
         if system.box is None or TERM not in system.terms or not system.terms[TERM].periodic:
             raise InputError("the water box must be periodic")
@@ -128,18 +150,25 @@ class WaterModel:
         heavy = int(np.flatnonzero(self.mask)[0])
         p = system.params[TERM]
         self.reference = np.array([float(p.sigma[heavy]), float(p.epsilon[heavy])])  # as loaded (nm, kJ/mol)
+        if fit_charge:
+            charges = np.asarray(p.charge, np.float64)
+            q_o = charges[self.mask]
+            if np.ptp(q_o) > 1e-6 or q_o[0] >= 0 or np.max(np.abs(charges[~self.mask] + 0.5 * q_o[0])) > 1e-4:
+                raise InputError("charge fitting needs a water with one negative oxygen charge q_O and hydrogens "
+                                 "at -q_O/2")
+            self.reference = np.append(self.reference, -float(q_o[0]))
         self.params64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64)
                                                if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
                                                else jnp.asarray(a), system.params)
         self.energies = jax.jit(self._energies)
 
     def params_at(self, theta_lin, base=None) -> dict:
-        """The System's parameter dict with the oxygen (sigma nm, epsilon kJ/mol) = theta_lin (2,)."""
+        """The System's parameter dict at theta_lin (2,) or (3,) (see the class docstring)."""
         base = self.params64 if base is None else base
-        return {**base, TERM: with_oxygen_lj(base[TERM], self.mask, theta_lin[0], theta_lin[1])}
+        return {**base, TERM: with_water_parameters(base[TERM], self.mask, theta_lin)}
 
     def frame_energy(self, theta_lin, x, box):
-        """U (scalar, kJ/mol) of one frame x (N, 3), box (3, 3) at theta_lin = (sigma_O, epsilon_O)."""
+        """U (scalar, kJ/mol) of one frame x (N, 3), box (3, 3) at theta_lin = (sigma_O, epsilon_O[, |q_O|])."""
         return self.system.energy(self.params_at(theta_lin), x, box, None)
 
     def _energies(self, theta_lin, positions, boxes):
@@ -165,7 +194,7 @@ class WaterModel:
 def reweighted_averages(model: WaterModel, theta_lin, frames: WaterFrames):
     """(averages (3,) [density g/cm^3, U/N_mol kJ/mol, dH_vap kJ/mol], weights (K,), ESS) at theta_lin.
 
-    theta_lin: (2,) (sigma_O nm, epsilon_O kJ/mol). Differentiable in theta_lin (weights and U_theta both
+    theta_lin: (P,) (sigma_O nm, epsilon_O kJ/mol[, |q_O| e]). Differentiable in theta_lin (weights and U_theta both
     depend on it). At theta_lin = frames.params the weights are uniform and ESS = K."""
     theta_lin = jnp.asarray(theta_lin, jnp.float64)
     u = model.energies(theta_lin, frames.positions, frames.boxes)
@@ -174,6 +203,52 @@ def reweighted_averages(model: WaterModel, theta_lin, frames: WaterFrames):
     u_mol = w @ u / model.n_molecules
     dhvap = -u_mol + model.kT  # R T per mole of molecules (kT is per mole here: kJ/mol)
     return jnp.stack([w @ rho, u_mol, dhvap]), w, 1.0 / jnp.sum(w * w)
+
+
+def oxygen_rdf(model: WaterModel, positions, boxes, r_max_nm: float = 0.8, n_bins: int = 80):
+    """Per-frame oxygen-oxygen radial distribution functions.
+
+    positions (K, N, 3) nm, boxes (K, 3, 3) nm. Returns (r (B,) bin centres in nm, g (K, B)), each frame normalized
+    by its own volume: g_k(r) = n_k(r) / (M (M - 1) / 2 * 4 pi / 3 (r_hi^3 - r_lo^3) / V_k) for M oxygens.
+    Distances are minimum-image (mdtraj), so r_max_nm must stay below half the shortest box width.
+    g does not depend on the parameters: its reweighted average :func:`reweighted_rdf` depends on them through
+    the weights alone."""
+    import mdtraj
+
+    positions = np.asarray(positions, np.float64)
+    boxes = np.asarray(boxes, np.float64)
+    half_width = 0.5 * np.min(np.abs(np.linalg.det(boxes)) / np.max(np.linalg.norm(
+        np.cross(boxes[:, [1, 2, 0]], boxes[:, [2, 0, 1]]), axis=-1), axis=-1))
+    if not 0 < r_max_nm <= half_width:
+        raise InputError(f"RDF range {r_max_nm} nm must be positive and at most half the box width "
+                         f"({half_width:.3f} nm)")
+    oxygens = np.flatnonzero(model.mask)
+    m = len(oxygens)
+    top = mdtraj.Topology()
+    residue = top.add_residue("HOH", top.add_chain())
+    for _ in range(m):
+        top.add_atom("O", mdtraj.element.oxygen, residue)
+    traj = mdtraj.Trajectory(positions[:, oxygens].astype(np.float32), top)
+    traj.unitcell_vectors = boxes.astype(np.float32)
+    i, j = np.triu_indices(m, 1)
+    d = mdtraj.compute_distances(traj, np.stack([i, j], axis=1), periodic=True).astype(np.float64)  # (K, P)
+    edges = np.linspace(0.0, r_max_nm, n_bins + 1)
+    # per-frame histograms without a Python loop over frames: offset each frame's bins by k * n_bins
+    bins = np.clip(np.searchsorted(edges, d, side="right") - 1, 0, n_bins)  # n_bins: beyond r_max
+    k = np.arange(len(d))[:, None]
+    counts = np.bincount((k * (n_bins + 1) + bins).ravel(), minlength=len(d) * (n_bins + 1))
+    counts = counts.reshape(len(d), n_bins + 1)[:, :n_bins]
+    shell = 4.0 * np.pi / 3.0 * (edges[1:] ** 3 - edges[:-1] ** 3)
+    volumes = np.abs(np.linalg.det(boxes))
+    g = counts / (0.5 * m * (m - 1) * shell[None, :] / volumes[:, None])
+    return 0.5 * (edges[1:] + edges[:-1]), g
+
+
+def reweighted_rdf(model: WaterModel, theta_lin, frames: WaterFrames, g_frames):
+    """(B,) reweighted RDF at theta_lin (sigma_O nm, epsilon_O kJ/mol) from per-frame g_frames (K, B) of
+    :func:`oxygen_rdf`: sum_k w_k(theta) g_k. Differentiable in theta_lin through the weights."""
+    _, w, _ = reweighted_averages(model, theta_lin, frames)
+    return w @ jnp.asarray(g_frames, jnp.float64)
 
 
 def to_theta(theta_lin) -> jnp.ndarray:
@@ -193,7 +268,7 @@ def observable_indices(names: Sequence[str]) -> list[int]:
 
 
 def make_loss(model: WaterModel, targets: dict, scales: Optional[dict] = None) -> Callable:
-    """loss(theta (2,) log params, frames) -> (scalar, (averages (3,), ESS)) for ``targets`` {observable: value}
+    """loss(theta (P,) log params, frames) -> (scalar, (averages (3,), ESS)) for ``targets`` {observable: value}
     (names from OBSERVABLES), each term ((<O> - target) / scale)^2 (scales default to DEFAULT_SCALES)."""
     names = list(targets)
     idx = jnp.asarray(observable_indices(names))
@@ -251,10 +326,10 @@ class WaterSampler:
         self.md_seconds = 0.0
 
     def set_parameters(self, theta_lin) -> None:
-        """Oxygen (sigma nm, epsilon kJ/mol) for the following steps."""
+        """Oxygen (sigma nm, epsilon kJ/mol[, |q_O| e]) for the following steps."""
         theta_lin = np.asarray(theta_lin, np.float64)
         base = self.sim.params
-        nb = with_oxygen_lj(base[TERM], self.model.mask, theta_lin[0], theta_lin[1])
+        nb = with_water_parameters(base[TERM], self.model.mask, theta_lin)
         nb = jax.tree_util.tree_map(lambda a, b: jnp.asarray(a, jnp.asarray(b).dtype), nb, base[TERM])
         self.sim.params = {**base, TERM: nb}
         self.theta_lin = theta_lin
@@ -305,19 +380,19 @@ def fit_water(sampler: WaterSampler, start, targets: dict, scales: Optional[dict
               learning_rate=0.01, n_frames: int = 100, every: int = 50, equilibration: int = 2000,
               first_equilibration: Optional[int] = None, ess_fraction: float = 0.5, max_resamples: int = 100,
               tolerance: float = 0.0, log=None, frames: Optional[WaterFrames] = None,
-              step_scales: Sequence[float] = (1.0, 1.0)) -> dict:
+              step_scales: Optional[Sequence[float]] = None) -> dict:
     """Adam on log(sigma_O), log(epsilon_O) towards ``targets`` ({observable: value}, names from OBSERVABLES),
     resampling (``equilibration`` steps, then n_frames every ``every`` steps, continuing the chain) whenever
     ESS < ess_fraction * n_frames. start: (sigma_O nm, epsilon_O kJ/mol). learning_rate: a float or an optax
     schedule. Stops after ``iterations`` gradient steps, or when the loss drops below ``tolerance`` on a fresh
     sample, or when ``max_resamples`` further samples would be needed. ``frames``: a first sample to start
     from (drawn at ``start``) instead of sampling one. step_scales: factors on Adam's steps in (log sigma,
-    log epsilon): the density reacts ~5x more strongly to sigma than to epsilon, and the ESS as well, so a
+    log epsilon[, log |q_O|]; default all 1): the density reacts ~5x more strongly to sigma than to epsilon, and the ESS as well, so a
     smaller sigma step lets both parameters travel at a similar pace between resamples. When the loop stops
     for lack of resamples, the returned parameters are the last ones evaluated (with adequate ESS).
 
-    Returns {'params': (2,) final (sigma_O, epsilon_O), 'history': [dict per iteration: iteration, sigma_nm,
-    epsilon_kj_mol, loss, density_g_cm3, u_per_molecule_kj_mol, dhvap_kj_mol, ess, resampled,
+    Returns {'params': (P,) final (sigma_O, epsilon_O[, |q_O|]), 'history': [dict per iteration: iteration,
+    sigma_nm, epsilon_kj_mol, (charge_magnitude_e), loss, density_g_cm3, u_per_molecule_kj_mol, dhvap_kj_mol, ess, resampled,
     ess_before_resample (None unless the ESS triggered it), elapsed_s], 'resamples': int,
     'samples': int, 'md_steps': int, 'wall_s': float}."""
     import optax
@@ -326,9 +401,13 @@ def fit_water(sampler: WaterSampler, start, targets: dict, scales: Optional[dict
     model = sampler.model
     loss_fn = make_loss(model, targets, scales)
     value_and_grad = jax.jit(value_and_grad_forward(loss_fn))
-    opt = optax.chain(optax.adam(learning_rate), optax.scale(jnp.asarray(step_scales, jnp.float64)))
     theta = to_theta(start)
+    step_scales = np.ones(len(theta)) if step_scales is None else np.asarray(step_scales, np.float64)
+    if step_scales.shape != theta.shape:
+        raise InputError(f"step_scales has {step_scales.size} entries for {theta.size} parameters")
+    opt = optax.chain(optax.adam(learning_rate), optax.scale(jnp.asarray(step_scales)))
     state = opt.init(theta)
+    names = PARAMETER_NAMES[:len(theta)]
     history, samples = [], 0 if frames is None else 1
     first_eq = equilibration if first_equilibration is None else first_equilibration
     for it in range(iterations):
@@ -341,20 +420,21 @@ def fit_water(sampler: WaterSampler, start, targets: dict, scales: Optional[dict
         if float(ess) < ess_fraction * len(frames.energies):
             trigger = float(ess)
             if samples - 1 >= max_resamples:
-                theta = to_theta([history[-1]["sigma_nm"], history[-1]["epsilon_kj_mol"]]) if history else theta
+                theta = to_theta([history[-1][n] for n in names]) if history else theta
                 break
             frames = sampler.sample(np.asarray(from_theta(theta)), n_frames, every, equilibration)
             samples, resampled = samples + 1, True
             (value, (avg, ess)), grad = value_and_grad(theta, frames)
         p = np.asarray(from_theta(theta))
-        row = {"iteration": it, "sigma_nm": float(p[0]), "epsilon_kj_mol": float(p[1]), "loss": float(value),
+        row = {"iteration": it, **{n: float(v) for n, v in zip(names, p)}, "loss": float(value),
                **{name: float(avg[i]) for i, name in enumerate(OBSERVABLES)}, "ess": float(ess),
                "resampled": resampled, "ess_before_resample": trigger, "elapsed_s": time.perf_counter() - t0}
         history.append(row)
         if log is not None:
             note = "" if trigger is None else f", ESS was {trigger:.1f}"
             note = f"  (resampled{note})" if resampled else ""
-            log(f"iter {it:3d}: sigma_O {p[0]:.5f} nm  epsilon_O {p[1]:.4f} kJ/mol  loss {float(value):8.3f}  "
+            charge = f"  q_O -{p[2]:.4f} e" if len(p) == 3 else ""
+            log(f"iter {it:3d}: sigma_O {p[0]:.5f} nm  epsilon_O {p[1]:.4f} kJ/mol{charge}  loss {float(value):8.3f}  "
                 f"density {row['density_g_cm3']:.4f} g/cm3  dHvap {row['dhvap_kj_mol']:.2f} kJ/mol  "
                 f"ESS {float(ess):6.1f}/{len(frames.energies)}{note}")
         if resampled and float(value) < tolerance:
@@ -378,29 +458,32 @@ def cmd_fit_water(args) -> None:
             raise InputError(f"no such file: {path}")
     if not 0 < args.ess_fraction < 1:
         raise InputError(f"--ess-fraction must lie in (0, 1), got {args.ess_fraction}")
-    for name in ("sigma_scale", "epsilon_scale", "cutoff", "temperature", "target_density", "learning_rate",
+    for name in ("sigma_scale", "epsilon_scale", "charge_scale", "charge_step_ratio", "cutoff", "temperature", "target_density", "learning_rate",
                  "epsilon_step_ratio"):
         if getattr(args, name) <= 0:
             raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.equilibration_ps < 0 or args.verify_ps < 0:
         raise InputError("--equilibration-ps and --verify-ps must not be negative")
     system = load_amber(args.prmtop, args.inpcrd, nonbonded="pme", cutoff=args.cutoff, constraints="hbonds")
-    model = WaterModel(system, args.temperature)
+    model = WaterModel(system, args.temperature, fit_charge=args.fit_charge)
     sampler = WaterSampler(model, pressure_bar=args.pressure, seed=args.seed)
     targets = {"density_g_cm3": args.target_density}
     if args.target_dhvap is not None:
         targets["dhvap_kj_mol"] = args.target_dhvap
-    start = model.reference * np.array([args.sigma_scale, args.epsilon_scale])
+    scales = [args.sigma_scale, args.epsilon_scale] + ([args.charge_scale] if args.fit_charge else [])
+    start = model.reference * np.array(scales)
+    step_scales = [1.0, args.epsilon_step_ratio] + ([args.charge_step_ratio] if args.fit_charge else [])
     log = None if args.no_progress else (lambda msg: print(f"jmlsim fit: {msg}", file=sys.stderr))
     eq = int(round(args.equilibration_ps / sampler.timestep))
     out = fit_water(sampler, start, targets, iterations=args.iterations, learning_rate=args.learning_rate,
                     n_frames=args.frames, every=args.every, equilibration=eq, first_equilibration=2 * eq,
                     ess_fraction=args.ess_fraction, max_resamples=args.max_resamples,
-                    step_scales=(1.0, args.epsilon_step_ratio), log=log)
+                    step_scales=step_scales, log=log)
     last = out["history"][-1]
-    result = {"start": {"sigma_nm": float(start[0]), "epsilon_kj_mol": float(start[1])},
-              "fitted": {"sigma_nm": float(out["params"][0]), "epsilon_kj_mol": float(out["params"][1])},
-              "reference": {"sigma_nm": float(model.reference[0]), "epsilon_kj_mol": float(model.reference[1])},
+    def named(values):
+        return {n: float(v) for n, v in zip(PARAMETER_NAMES, values)}
+
+    result = {"start": named(start), "fitted": named(out["params"]), "reference": named(model.reference),
               "targets": targets, "reweighted": {k: last[k] for k in OBSERVABLES}, "loss": last["loss"],
               "ess": last["ess"], "iterations": len(out["history"]), "resamples": out["resamples"]}
     if args.verify_ps > 0:
