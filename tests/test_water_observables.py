@@ -296,3 +296,28 @@ def test_fixed_frame_fit_recovers_sigma_and_charge(water_charge):
     assert set(out["history"][-1]) >= {"sigma_nm", "epsilon_kj_mol", "charge_magnitude_e"}
     with pytest.raises(InputError, match="step_scales"):
         wo.fit_water(stub, frames.params, targets, step_scales=(1.0, 1.0), frames=frames)
+
+
+def test_resample_every_draws_fresh_samples_within_the_budget(water):
+    """resample_every=2 with one resample allowed: exactly one fresh sample, drawn at iteration 2 at the current
+    parameters, and none after the budget is spent."""
+    _, model, frames = water
+    calls = []
+
+    class Sampler:
+        steps = 0
+
+        def __init__(self):
+            self.model = model
+
+        def sample(self, theta_lin, n_frames, every, equilibration):
+            calls.append((np.array(theta_lin), equilibration))
+            return model.frames(theta_lin, frames.positions, frames.boxes)
+
+    out = wo.fit_water(Sampler(), frames.params, {"density_g_cm3": 0.99}, iterations=5, learning_rate=1e-4,
+                       ess_fraction=0.0, frames=frames, resample_every=2, max_resamples=1, equilibration=7)
+    assert [h["resampled"] for h in out["history"]] == [False, False, True, False, False]
+    assert len(calls) == 1 and calls[0][1] == 7
+    np.testing.assert_allclose(calls[0][0], [out["history"][2]["sigma_nm"], out["history"][2]["epsilon_kj_mol"]])
+    assert not np.allclose(calls[0][0], frames.params)  # drawn where the optimizer had moved to
+    assert out["resamples"] == 1

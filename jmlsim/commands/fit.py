@@ -178,7 +178,8 @@ def cmd_fit_torsions(args) -> None:
     parameters = [{"periodicity": int(n), "k_kcal_mol": float(k) * KCAL_PER_KJ, "k_kj_mol": float(k),
                    "phase_deg": float(np.rad2deg(p))} for n, k, p in zip(tf.PERIODICITIES, terms.k, terms.phase)]
     out = {
-        "dihedral": list(atoms), "held": np.asarray(qm.held, dtype=int).tolist(), "atom_types": [types[a] for a in atoms], "qm_method": qm_method,
+        "dihedral": list(atoms), "held": np.asarray(qm.held, dtype=int).tolist(),
+        "atom_types": [types[a] for a in atoms], "qm_method": qm_method,
         "points": int(len(qm.energies)), "step_deg": float(args.step_deg),
         "rmse_before_kcal_mol": result.rmse_before * KCAL_PER_KJ,
         "rmse_after_kcal_mol": result.rmse_after * KCAL_PER_KJ,
@@ -289,6 +290,9 @@ def add_water_parser(fsub) -> None:
                    help="Adam step on log epsilon_O relative to log sigma_O")
     w.add_argument("--max-resamples", type=_integer("max resamples", 0), default=24)
     w.add_argument("--frames", type=_integer("frames", 2), default=60, help="frames per sample")
+    w.add_argument("--resample-every", type=_integer("resample every", 1), default=None,
+                   help="also resample after this many iterations on one sample (guards against fitting one "
+                        "short sample's noise)")
     w.add_argument("--every", type=_integer("every", 1), default=50, help="MD steps between frames")
     w.add_argument("--equilibration-ps", type=_finite("equilibration", allow_zero=True), default=2.0,
                    help="ps before each sample (the first one: twice this)")

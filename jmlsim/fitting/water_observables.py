@@ -380,20 +380,23 @@ def fit_water(sampler: WaterSampler, start, targets: dict, scales: Optional[dict
               learning_rate=0.01, n_frames: int = 100, every: int = 50, equilibration: int = 2000,
               first_equilibration: Optional[int] = None, ess_fraction: float = 0.5, max_resamples: int = 100,
               tolerance: float = 0.0, log=None, frames: Optional[WaterFrames] = None,
-              step_scales: Optional[Sequence[float]] = None) -> dict:
+              step_scales: Optional[Sequence[float]] = None, resample_every: Optional[int] = None) -> dict:
     """Adam on log(sigma_O), log(epsilon_O) towards ``targets`` ({observable: value}, names from OBSERVABLES),
     resampling (``equilibration`` steps, then n_frames every ``every`` steps, continuing the chain) whenever
     ESS < ess_fraction * n_frames. start: (sigma_O nm, epsilon_O kJ/mol). learning_rate: a float or an optax
     schedule. Stops after ``iterations`` gradient steps, or when the loss drops below ``tolerance`` on a fresh
     sample, or when ``max_resamples`` further samples would be needed. ``frames``: a first sample to start
     from (drawn at ``start``) instead of sampling one. step_scales: factors on Adam's steps in (log sigma,
-    log epsilon[, log |q_O|]; default all 1): the density reacts ~5x more strongly to sigma than to epsilon, and the ESS as well, so a
-    smaller sigma step lets both parameters travel at a similar pace between resamples. When the loop stops
+    log epsilon[, log |q_O|]; default all 1): the density reacts ~5x more strongly to sigma than to epsilon,
+    and the ESS as well, so a smaller sigma step lets both parameters travel at a similar pace between
+    resamples. When the loop stops
     for lack of resamples, the returned parameters are the last ones evaluated (with adequate ESS).
+    resample_every: also draw a fresh sample after this many iterations on one sample (while resamples remain),
+    so the parameters do not settle on one short sample's statistical noise.
 
     Returns {'params': (P,) final (sigma_O, epsilon_O[, |q_O|]), 'history': [dict per iteration: iteration,
-    sigma_nm, epsilon_kj_mol, (charge_magnitude_e), loss, density_g_cm3, u_per_molecule_kj_mol, dhvap_kj_mol, ess, resampled,
-    ess_before_resample (None unless the ESS triggered it), elapsed_s], 'resamples': int,
+    sigma_nm, epsilon_kj_mol, (charge_magnitude_e), loss, density_g_cm3, u_per_molecule_kj_mol, dhvap_kj_mol,
+    ess, resampled, ess_before_resample (None unless the ESS triggered it), elapsed_s], 'resamples': int,
     'samples': int, 'md_steps': int, 'wall_s': float}."""
     import optax
 
@@ -410,10 +413,13 @@ def fit_water(sampler: WaterSampler, start, targets: dict, scales: Optional[dict
     names = PARAMETER_NAMES[:len(theta)]
     history, samples = [], 0 if frames is None else 1
     first_eq = equilibration if first_equilibration is None else first_equilibration
+    since_sample = 0
     for it in range(iterations):
         resampled = False
-        if frames is None:
-            frames = sampler.sample(np.asarray(from_theta(theta)), n_frames, every, first_eq)
+        stale = resample_every is not None and since_sample >= resample_every and samples - 1 < max_resamples
+        if frames is None or stale:
+            frames = sampler.sample(np.asarray(from_theta(theta)), n_frames, every,
+                                    first_eq if frames is None else equilibration)
             samples, resampled = samples + 1, True
         (value, (avg, ess)), grad = value_and_grad(theta, frames)
         trigger = None
@@ -425,6 +431,7 @@ def fit_water(sampler: WaterSampler, start, targets: dict, scales: Optional[dict
             frames = sampler.sample(np.asarray(from_theta(theta)), n_frames, every, equilibration)
             samples, resampled = samples + 1, True
             (value, (avg, ess)), grad = value_and_grad(theta, frames)
+        since_sample = 0 if resampled else since_sample + 1
         p = np.asarray(from_theta(theta))
         row = {"iteration": it, **{n: float(v) for n, v in zip(names, p)}, "loss": float(value),
                **{name: float(avg[i]) for i, name in enumerate(OBSERVABLES)}, "ess": float(ess),
@@ -458,8 +465,8 @@ def cmd_fit_water(args) -> None:
             raise InputError(f"no such file: {path}")
     if not 0 < args.ess_fraction < 1:
         raise InputError(f"--ess-fraction must lie in (0, 1), got {args.ess_fraction}")
-    for name in ("sigma_scale", "epsilon_scale", "charge_scale", "charge_step_ratio", "cutoff", "temperature", "target_density", "learning_rate",
-                 "epsilon_step_ratio"):
+    for name in ("sigma_scale", "epsilon_scale", "charge_scale", "charge_step_ratio", "cutoff", "temperature",
+                 "target_density", "learning_rate", "epsilon_step_ratio"):
         if getattr(args, name) <= 0:
             raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.equilibration_ps < 0 or args.verify_ps < 0:
@@ -478,7 +485,7 @@ def cmd_fit_water(args) -> None:
     out = fit_water(sampler, start, targets, iterations=args.iterations, learning_rate=args.learning_rate,
                     n_frames=args.frames, every=args.every, equilibration=eq, first_equilibration=2 * eq,
                     ess_fraction=args.ess_fraction, max_resamples=args.max_resamples,
-                    step_scales=step_scales, log=log)
+                    step_scales=step_scales, resample_every=args.resample_every, log=log)
     last = out["history"][-1]
     def named(values):
         return {n: float(v) for n, v in zip(PARAMETER_NAMES, values)}
