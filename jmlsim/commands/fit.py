@@ -1,6 +1,6 @@
 """``jmlsim fit``: force-field fitting. ``fit torsions`` (one dihedral against a QM scan), ``fit observables``
 (LJ parameters against target ensemble averages, by reweighting) and ``fit water`` (a 3-site water's oxygen
-sigma/epsilon against NPT density and heat of vaporization, by reweighting).
+sigma/epsilon, optionally its charge, against NPT density and heat of vaporization, by reweighting).
 
 Heavy imports (jax, openmm, tblite, scipy, matplotlib) happen inside the handlers.
 """
@@ -270,7 +270,7 @@ def add_water_parser(fsub) -> None:
     w.add_argument("--temperature", type=_finite("temperature"), default=300.0, help="K")
     w.add_argument("--pressure", type=_finite("pressure", positive=False), default=1.0, help="bar")
     w.add_argument("--target-density", type=_finite("target density"), default=0.997, help="g/cm3")
-    w.add_argument("--target-dhvap", type=float, default=None,
+    w.add_argument("--target-dhvap", type=_finite("target dH_vap"), default=None,
                    help="kJ/mol (e.g. 44.0); omitted: fit the density alone")
     w.add_argument("--sigma-scale", type=_finite("sigma scale"), default=1.0,
                    help="start from the prmtop's sigma_O times this factor")
