@@ -130,7 +130,7 @@ def test_parameter_gradients_match_finite_differences():
             _, nbrs = plan(x, sys_.box, sys_.neighbor_cutoff, 0.0)
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), dict(sys_.params))
         energy = jax.jit(lambda p: sys_.energy(p, x, box, nbrs))
-        grads = jax.grad(lambda p: sys_.energy(p, x, box, nbrs))(params)
+        grads = jax.jit(jax.grad(lambda p: sys_.energy(p, x, box, nbrs)))(params)
         for term, leaves in params.items():
             for field in leaves._fields:
                 value = np.asarray(getattr(leaves, field))
