@@ -147,6 +147,8 @@ def test_observable_names_and_system_checks(water):
     (["--ess-fraction", "1.5"], "ess-fraction"),
     (["--sigma-scale", "-1"], "sigma scale must be positive"),
     (["--fit-charge", "--charge-scale", "0"], "charge scale must be positive"),
+    (["--target-dhvap", "nan"], "target dH_vap"),
+    (["--target-density", "-1"], "target density"),
     (["--prmtop-missing"], "no such file"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, message):
