@@ -77,12 +77,15 @@ class NeighborListSpec:
         return np.ravel_multi_index((around[..., 0], around[..., 1], around[..., 2]), grid).astype(np.int32)
 
     def _cell_rows(self, positions: Array, box: Array):
-        """Candidate search through a cell table.
+        """Candidate search through a cell table, one candidate block per cell.
 
-        Atoms are binned into a (n_cells, cell_capacity) table; row i's candidates are the 27 * cell_capacity
-        slots of the cells around atom i, gathered as contiguous blocks (positions are copied into the table
-        once, so the candidate gather moves whole blocks rather than single atoms).
-        Returns (candidates (N, M), within (N, M), occupancy ()).
+        Atoms are binned into a (n_cells, cell_capacity) table. Each cell's candidates are the 27 *
+        cell_capacity slots of the cells around it, gathered once per cell rather than once per atom, and the
+        distance test runs on (cell, slot, candidate) blocks with x, y and z as separate arrays (contiguous
+        rows vectorize on CPU; an (..., 3) array with minor axis 3 does not). The test's outcome is packed
+        into bits, one row per table slot, and each atom takes its slot's row.
+        Returns (candidates (n_cells, M + 1) atom ids padded with N, M a multiple of 32; packed (N, M / 32)
+        uint32; candidate_row (N,) the row of ``candidates`` each atom's bits refer to; occupancy ()).
         """
         n, cap = self.n_atoms, self.cell_capacity
         grid = np.asarray(self.cells)
@@ -97,41 +100,52 @@ class NeighborListSpec:
         slot = jnp.arange(n, dtype=jnp.int32) - first[sorted_id]
         occupancy = (jnp.max(slot) + 1).astype(jnp.int32)
         table = jnp.full((n_cells, cap), n, dtype=jnp.int32).at[sorted_id, slot].set(order, mode="drop")
-        table_positions = jnp.concatenate([positions, jnp.zeros((1, 3), positions.dtype)])[table]
-        around = jnp.asarray(self._stencil_cells())[cell_id]  # (N, 27)
-        candidates = table[around].reshape(n, 27 * cap)
-        candidate_positions = table_positions[around].reshape(n, 27 * cap, 3)
-        dr = space.minimum_image(positions[:, None, :] - candidate_positions, box, self.triclinic)
-        r2 = jnp.sum(dr * dr, axis=-1)
-        rows = jnp.arange(n, dtype=jnp.int32)[:, None]
-        within = (candidates < n) & (candidates != rows) & (r2 < self.list_cutoff**2)
-        return candidates, within, occupancy
+        table_xyz = jnp.concatenate([positions, jnp.zeros((1, 3), positions.dtype)]).T[:, table]  # (3, C, cap)
+        stencil = jnp.asarray(self._stencil_cells())  # (C, 27)
+        m = 27 * cap
+        m_padded = 32 * -(-m // 32)
+        candidates = jnp.concatenate([table[stencil].reshape(n_cells, m),
+                                      jnp.full((n_cells, m_padded - m + 1), n, jnp.int32)], axis=1)
+        candidate_xyz = jnp.pad(table_xyz[:, stencil].reshape(3, n_cells, m), ((0, 0), (0, 0), (0, m_padded - m)))
+        d = space.minimum_image_components(
+            tuple(table_xyz[a][:, :, None] - candidate_xyz[a][:, None, :] for a in range(3)), box, self.triclinic)
+        r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]  # (C, cap, M)
+        partner = candidates[:, None, :m_padded]
+        within = (partner < n) & (partner != table[:, :, None]) & (r2 < self.list_cutoff**2)
+        packed = _pack_bits(within).reshape(n_cells * cap, m_padded // 32)
+        slot_of_atom = jnp.zeros(n, jnp.int32).at[order].set(slot)
+        # an atom beyond the table (occupancy > cap) reads a wrong row, but the build is flagged as overflowed
+        packed = packed[cell_id * cap + jnp.minimum(slot_of_atom, cap - 1)]
+        return candidates, packed, cell_id, occupancy
 
     def _all_pair_rows(self, positions: Array, box: Optional[Array]):
-        """Candidate search over all pairs (small or open systems): row i holds every atom."""
+        """Candidate search over all pairs (small or open systems); returns as :meth:`_cell_rows` (one row)."""
         n = self.n_atoms
-        candidates = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (n, n))
-        dr = space.minimum_image(positions[:, None, :] - positions[None, :, :], box if self.periodic else None,
-                                 self.triclinic)
-        within = (candidates != candidates.T) & (jnp.sum(dr * dr, axis=-1) < self.list_cutoff**2)
-        return candidates, within, jnp.zeros((), jnp.int32)
+        m_padded = 32 * -(-n // 32)
+        d = tuple(positions[:, None, a] - positions[None, :, a] for a in range(3))
+        if self.periodic:
+            d = space.minimum_image_components(d, box, self.triclinic)
+        ids = jnp.arange(n, dtype=jnp.int32)
+        within = (ids[:, None] != ids[None, :]) & (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] < self.list_cutoff**2)
+        packed = _pack_bits(jnp.pad(within, ((0, 0), (0, m_padded - n))))
+        candidates = jnp.concatenate([ids, jnp.full((m_padded - n + 1,), n, jnp.int32)])[None]
+        return candidates, packed, jnp.zeros(n, jnp.int32), jnp.zeros((), jnp.int32)
 
     def build(self, positions: Array, box: Optional[Array], previous: Optional[NeighborList] = None) -> NeighborList:
         """Build the list at ``positions`` (N, 3); keeps the sticky statistics of ``previous``."""
-        n, k = self.n_atoms, self.capacity
+        k = self.capacity
         if self.cells is not None:
-            candidates, within, occupancy = self._cell_rows(positions, box)
+            candidates, packed, candidate_row, occupancy = self._cell_rows(positions, box)
             # Cells must stay at least one list cutoff wide (a barostat may shrink the box).
             too_small = jnp.min(_widths(box) / jnp.asarray(self.cells, box.dtype)) < self.list_cutoff
         else:
-            candidates, within, occupancy = self._all_pair_rows(positions, box)
+            candidates, packed, candidate_row, occupancy = self._all_pair_rows(positions, box)
             too_small = jnp.zeros((), bool)
-        # Compaction: each candidate inside the list cutoff goes to the column given by the running count.
-        count = jnp.sum(within, axis=1, dtype=jnp.int32)
-        column = jnp.where(within, jnp.cumsum(within, axis=1, dtype=jnp.int32) - 1, k)
-        rows = jnp.broadcast_to(jnp.arange(within.shape[0], dtype=jnp.int32)[:, None], column.shape)
-        rows_idx = jnp.full((within.shape[0], k), n, jnp.int32).at[rows, column].set(candidates, mode="drop")
-        idx = rows_idx
+        # Compaction: column c of the list holds the candidate of the (c+1)-th set bit of the atom's row.
+        count = jnp.sum(jax.lax.population_count(packed).astype(jnp.int32), axis=1)
+        picked = _first_set_bits(packed, k)  # (N, k) candidate columns; the sentinel column where fewer
+        width = candidates.shape[1]
+        idx = candidates.reshape(-1)[candidate_row[:, None] * width + picked]
         max_count = jnp.max(count)
         overflow = (max_count > k) | (occupancy > self.cell_capacity) | too_small
         if previous is None:
@@ -190,6 +204,51 @@ class NeighborListSpec:
             cell_capacity=max(self.cell_capacity, _padded(max_occupancy * factor)),
             cells=cells,
         )
+
+
+def _pack_bits(mask: Array) -> Array:
+    """(..., M) bool, M a multiple of 32 -> (..., M / 32) uint32; column 32 w + b is bit b of word w."""
+    words = mask.reshape(*mask.shape[:-1], mask.shape[-1] // 32, 32).astype(jnp.uint32)
+    return jnp.sum(words << jnp.arange(32, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
+
+
+def _lower_bound(rows: Array, queries: Array) -> Array:
+    """(R, Q) counts #{w : rows[r, w] < queries[q]} for non-decreasing rows (R, W): a branch-free binary search."""
+    n_rows, width = rows.shape
+    flat = rows.reshape(-1)
+    base = (jnp.arange(n_rows, dtype=jnp.int32) * width)[:, None]
+    lo = jnp.zeros((n_rows, queries.shape[0]), jnp.int32)
+    hi = jnp.full((n_rows, queries.shape[0]), width, jnp.int32)
+    for _ in range(int(math.ceil(math.log2(width + 1)))):
+        mid = (lo + hi) // 2
+        right = (mid < width) & (flat[base + jnp.minimum(mid, width - 1)] < queries[None, :])
+        lo = jnp.where(right, mid + 1, lo)
+        hi = jnp.where(right, hi, mid)
+    return lo
+
+
+def _first_set_bits(packed: Array, k: int) -> Array:
+    """Bit positions (R, k) of the first k set bits of each row of ``packed`` (R, W) uint32; 32 W where fewer.
+
+    Stream compaction without a scatter (XLA-CPU scatters cost ~10x a gather): a prefix sum of per-word
+    popcounts finds each output's word by binary search, then a 5-step popcount search finds the bit.
+    """
+    n_rows, width = packed.shape
+    ones = jax.lax.population_count(packed).astype(jnp.int32)
+    through = jnp.cumsum(ones, axis=1, dtype=jnp.int32)  # set bits up to and including each word
+    rank = jnp.arange(1, k + 1, dtype=jnp.int32)
+    word = _lower_bound(through, rank)  # (R, k); width where the row has fewer than rank bits
+    flat_word = (jnp.arange(n_rows, dtype=jnp.int32) * width)[:, None] + jnp.minimum(word, width - 1)
+    rank_in_word = rank[None, :] - (through - ones).reshape(-1)[flat_word]  # 1-based
+    bits = packed.reshape(-1)[flat_word]
+    position = jnp.zeros_like(rank_in_word)
+    for half in (16, 8, 4, 2, 1):
+        low = jax.lax.population_count(bits & jnp.uint32((1 << half) - 1)).astype(jnp.int32)
+        upper = rank_in_word > low
+        position = position + jnp.where(upper, half, 0)
+        rank_in_word = jnp.where(upper, rank_in_word - low, rank_in_word)
+        bits = jnp.where(upper, bits >> half, bits)
+    return jnp.where(word < width, 32 * word + position, 32 * width)
 
 
 def _padded(x: float) -> int:

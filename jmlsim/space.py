@@ -75,6 +75,22 @@ def minimum_image(dr: Array, box: Optional[Array], triclinic: bool = False) -> A
     return dr
 
 
+def minimum_image_components(d: tuple, box: Optional[Array], triclinic: bool = False) -> tuple:
+    """:func:`minimum_image` on displacements given as a tuple (dx, dy, dz) of same-shaped arrays, nm.
+
+    Component-major arrays vectorize on CPU where an (..., 3) array with minor axis 3 does not.
+    """
+    if box is None:
+        return tuple(d)
+    if not triclinic:
+        return tuple(d[a] - box[a, a] * jnp.round(d[a] / box[a, a]) for a in range(3))
+    d = list(d)
+    for axis in (2, 1, 0):
+        shift = jnp.round(d[axis] / box[axis, axis])
+        d = [d[c] - shift * box[axis, c] for c in range(3)]
+    return tuple(d)
+
+
 def fractional(positions: Array, box: Array) -> Array:
     """Fractional coordinates s with positions = s @ box; (N, 3) -> (N, 3)."""
     return positions @ jnp.linalg.inv(box)
