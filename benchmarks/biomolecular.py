@@ -608,6 +608,7 @@ def run_profile(name: str, args) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from jmlsim.energy.nonbonded import pair_force_rows
     from jmlsim.integrators import LangevinBAOAB
     from jmlsim.simulation import Simulation
     from jmlsim.units import kT_kj_per_mol
@@ -655,7 +656,7 @@ def run_profile(name: str, args) -> dict:
 
     def direct_forces(xx, p, box, nbrs):
         _, f_over_r, dr = nb_term._direct_pairs(p, xx, box, nbrs)
-        return jnp.sum(f_over_r[..., None] * dr, axis=1)
+        return pair_force_rows(f_over_r, dr)  # dr: (dx, dy, dz), each (N, K)
 
     def pme_grad(xx, q, box):
         return jax.grad(nb_term.pme.energy, argnums=1)(q, xx, box)

@@ -149,10 +149,10 @@ def masked_pairs(positions: Array, box: Optional[Array], nbrs, band: np.ndarray,
             dr = tuple(positions[:, None, k] - positions[None, :, k] for k in range(3))
     else:
         partners = jnp.minimum(nbrs.idx, n - 1)
-        dr = positions[:, None, :] - positions[partners]
+        # one gather per component: (N, K) rows of scalars vectorize, an (N, K, 3) gather does not
+        dr = tuple(positions[:, None, a] - positions[:, a][partners] for a in range(3))
         if periodic:
-            dr = space.minimum_image(dr, box, triclinic)
-        dr = (dr[..., 0], dr[..., 1], dr[..., 2])
+            dr = space.minimum_image_components(dr, box, triclinic)
         offset = nbrs.idx - rows
         excluded = (jnp.abs(offset) <= band_width) & jnp.asarray(band)[rows, jnp.clip(offset + band_width, 0,
                                                                                         2 * band_width)]
