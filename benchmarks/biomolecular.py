@@ -608,6 +608,7 @@ def run_profile(name: str, args) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from jmlsim import space
     from jmlsim.energy.nonbonded import pair_force_rows
     from jmlsim.integrators import LangevinBAOAB
     from jmlsim.simulation import Simulation
@@ -728,7 +729,8 @@ def run_profile(name: str, args) -> dict:
 
     wall_steps, cpu_steps = per_step("median"), per_step("cpu")
     n_pairs = jnp.sum(nbrs.idx < system.n_atoms, axis=1)
-    dr = nb_term._displacements(x, box, jnp.minimum(nbrs.idx, system.n_atoms - 1))
+    dr = x[:, None, :] - x[jnp.minimum(nbrs.idx, system.n_atoms - 1)]
+    dr = space.minimum_image(dr, box, spec.triclinic)
     within = jnp.sum((jnp.sum(dr * dr, -1) < CUTOFF_NM ** 2) & (nbrs.idx < system.n_atoms), axis=1)
     return {"system": name, "n_atoms": system.n_atoms, "timestep_ps": dt, "skin": sim.skin, "loop_reps": reps,
             "measured_step_ms": step_ms, "measured_step_cpu_ms": step_cpu,
