@@ -43,6 +43,29 @@ def test_minimum_image_matches_brute_force(box):
     np.testing.assert_allclose(frac, np.round(frac), atol=1e-9)
 
 
+@pytest.mark.parametrize("box", [np.diag([4.0, 4.5, 5.0]), TRICLINIC], ids=["orthorhombic", "triclinic"])
+def test_minimum_image_components_equal_minimum_image(box):
+    dr = np.random.default_rng(1).uniform(-9, 9, size=(7, 11, 3))
+    triclinic = space.is_triclinic(box)
+    whole = np.asarray(space.minimum_image(jnp.asarray(dr), jnp.asarray(box), triclinic))
+    parts = space.minimum_image_components(tuple(jnp.asarray(dr[..., a]) for a in range(3)), jnp.asarray(box),
+                                           triclinic)
+    np.testing.assert_array_equal(np.stack([np.asarray(p) for p in parts], -1), whole)
+
+
+@pytest.mark.parametrize("k", [1, 5, 40, 200])
+def test_first_set_bits_is_the_ordered_compaction(k):
+    from jmlsim.neighbors import _first_set_bits, _pack_bits
+
+    rng = np.random.default_rng(2)
+    mask = rng.random((9, 96)) < np.array([0.0, 0.02, 0.1, 0.3, 0.5, 0.9, 1.0, 0.05, 0.2])[:, None]
+    got = np.asarray(jax.jit(_first_set_bits, static_argnums=1)(_pack_bits(jnp.asarray(mask)), k))
+    for row, bits in zip(got, mask):
+        expected = np.flatnonzero(bits)[:k]
+        np.testing.assert_array_equal(row[:len(expected)], expected)
+        assert np.all(row[len(expected):] == 96)  # the sentinel where the row has fewer than k bits
+
+
 def test_wrap_is_a_lattice_translate_into_the_cell():
     rng = np.random.default_rng(1)
     x = rng.uniform(-20, 20, size=(50, 3))
