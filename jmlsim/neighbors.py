@@ -230,8 +230,9 @@ def _lower_bound(rows: Array, queries: Array) -> Array:
 def _first_set_bits(packed: Array, k: int) -> Array:
     """Bit positions (R, k) of the first k set bits of each row of ``packed`` (R, W) uint32; 32 W where fewer.
 
-    Stream compaction without a scatter (XLA-CPU scatters cost ~10x a gather): a prefix sum of per-word
-    popcounts finds each output's word by binary search, then a 5-step popcount search finds the bit.
+    Stream compaction without a scatter (on DHFR-sized rows, 23,558 x 4,320 candidates into 640 columns, a
+    cumsum + scatter took 3.9 s on CPU and this 1.3 s): a prefix sum of per-word popcounts finds each output's
+    word by binary search, then a 5-step popcount search finds the bit inside it.
     """
     n_rows, width = packed.shape
     ones = jax.lax.population_count(packed).astype(jnp.int32)
