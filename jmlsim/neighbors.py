@@ -213,7 +213,11 @@ def _pack_bits(mask: Array) -> Array:
 
 
 def _lower_bound(rows: Array, queries: Array) -> Array:
-    """(R, Q) counts #{w : rows[r, w] < queries[q]} for non-decreasing rows (R, W): a branch-free binary search."""
+    """(R, Q) counts #{w : rows[r, w] < queries[q]} for non-decreasing rows (R, W): a branch-free binary search.
+
+    (A vmapped ``jnp.searchsorted`` gives the same answer, but XLA constant-folds its (R, Q, 2) gather indices:
+    5.6 s of extra compile time at DHFR size.)
+    """
     n_rows, width = rows.shape
     flat = rows.reshape(-1)
     base = (jnp.arange(n_rows, dtype=jnp.int32) * width)[:, None]
