@@ -37,7 +37,7 @@ estimate (velocities shifted by half a step).
 
 Profile (``--profile``). The pieces of one jmlsim Langevin step on DHFR in float32, each jit-compiled on its
 own and timed (median) at a state reached by a short run: neighbor-list build, the skin check, the nonbonded
-direct-space pair sum (``Nonbonded._direct_pairs`` + row sums, as ``Nonbonded.forces`` does), the PME reciprocal
+direct-space pair sum (``Nonbonded.direct_forces``, as ``Nonbonded.forces`` does), the PME reciprocal
 energy and gradient, the rest of the nonbonded corrections (exceptions, far exclusions, self, dispersion), the
 bonded terms, the constraint solves (one SHAKE/SETTLE and two velocity projections per step) and a whole
 integrator step with the forces held fixed (integrator arithmetic + noise + constraints), against the measured
@@ -609,7 +609,6 @@ def run_profile(name: str, args) -> dict:
     import jax.numpy as jnp
 
     from jmlsim import space
-    from jmlsim.energy.nonbonded import pair_force_rows
     from jmlsim.integrators import LangevinBAOAB
     from jmlsim.simulation import Simulation
     from jmlsim.units import kT_kj_per_mol
@@ -656,8 +655,7 @@ def run_profile(name: str, args) -> dict:
     tiny = lambda xx, out: xx + 1e-9 * out  # noqa: E731 - a negligible feedback that keeps every call alive
 
     def direct_forces(xx, p, box, nbrs):
-        _, f_over_r, dr = nb_term._direct_pairs(p, xx, box, nbrs)
-        return pair_force_rows(f_over_r, dr)  # dr: (dx, dy, dz), each (N, K)
+        return nb_term.direct_forces(p, xx, box, nbrs)
 
     def pme_grad(xx, q, box):
         return jax.grad(nb_term.pme.energy, argnums=1)(q, xx, box)

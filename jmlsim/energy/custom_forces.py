@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmlsim import space
-from jmlsim.energy.nonbonded import masked_pairs, pair_force_rows, partner_values, switching_function, tail_integrals
+from jmlsim.energy.nonbonded import (masked_pairs, pair_force_rows, pair_row_sums, partner_values, row_values,
+                                     switching_function, tail_integrals)
 from jmlsim.energy.bonded import dihedral_values
 
 Array = jnp.ndarray
@@ -181,15 +182,18 @@ class TabulatedLJ:
         flat = ti * n_types + tj
         return params.acoef.reshape(-1)[flat], params.bcoef.reshape(-1)[flat]
 
-    def _direct_pairs(self, params: TabulatedLJParams, positions: Array, box: Optional[Array], nbrs):
-        """Per-pair (N, K) energies, -du/dr/r and displacements of all non-excluded pairs within the cutoff."""
-        partners, dr, r2, keep = masked_pairs(positions, box, nbrs, self.band, self.band_width, self.cutoff,
+    def _pair_rows(self, params: TabulatedLJParams, positions: Array, box: Optional[Array], rows, idx,
+                   with_forces: bool = True):
+        """Row sums of rows (B,) (None: all atoms): energy (B,) and forces (B, 3) (None unless with_forces) over
+        the non-excluded partners within the cutoff."""
+        partners, dr, r2, keep = masked_pairs(positions, box, rows, idx, self.band, self.band_width, self.cutoff,
                                               self.periodic, self.triclinic)
         types = jnp.asarray(self.types)
-        a, b = self._coefficients(params, types[:, None], partner_values(types, partners))
+        a, b = self._coefficients(params, row_values(types, rows)[:, None], partner_values(types, partners))
         u, f_over_r = self._pair(r2, a, b)
         zero = jnp.zeros_like(u)
-        return jnp.where(keep, u, zero), jnp.where(keep, f_over_r, zero), dr
+        energy = jnp.sum(jnp.where(keep, u, zero), axis=1)
+        return energy, (pair_force_rows(jnp.where(keep, f_over_r, zero), dr) if with_forces else None)
 
     def _corrections(self, params: TabulatedLJParams, positions: Array, box: Optional[Array]) -> Array:
         """Far exclusions (counted by the pair sum, taken out again) and the long-range correction."""
@@ -220,14 +224,14 @@ class TabulatedLJ:
 
     # -- public ---------------------------------------------------------------------------------------
     def energy(self, params: TabulatedLJParams, positions: Array, box: Optional[Array], nbrs=None) -> Array:
-        """Total energy (kJ/mol). Each pair appears twice in the full pair arrays, hence 1/2."""
-        u, _, _ = self._direct_pairs(params, positions, box, nbrs)
-        return 0.5 * jnp.sum(u) + self._corrections(params, positions, box)
+        """Total energy (kJ/mol). Each pair appears in two rows of the pair sum, hence 1/2."""
+        rows = pair_row_sums(lambda r, i: self._pair_rows(params, positions, box, r, i, with_forces=False)[0],
+                             self.n_atoms, nbrs)
+        return 0.5 * jnp.sum(rows) + self._corrections(params, positions, box)
 
     def forces(self, params: TabulatedLJParams, positions: Array, box: Optional[Array], nbrs=None) -> Array:
         """Forces (N, 3) kJ/mol/nm: analytic row sums for the pair sum, autodiff for the corrections."""
-        _, f_over_r, dr = self._direct_pairs(params, positions, box, nbrs)
-        direct = pair_force_rows(f_over_r, dr)
+        direct = pair_row_sums(lambda r, i: self._pair_rows(params, positions, box, r, i)[1], self.n_atoms, nbrs)
         return direct - jax.grad(self._corrections, argnums=1)(params, positions, box)
 
 
