@@ -198,6 +198,27 @@ def _reciprocal_group_check(charges, positions, box, label):
           f" (rel {e_err:.2e}), force rel RMS err {f_err:.2e}, grid {grid}")
     assert e_err < 1e-6
     assert f_err < 1e-5
+    # the analytic reciprocal forces (self and neutralizing terms do not depend on positions)
+    pme = PMEReciprocal(alpha, grid)
+    analytic = np.asarray(jax.jit(pme.forces)(jnp.asarray(charges), jnp.asarray(positions), jnp.asarray(box)))
+    assert np.sqrt(np.mean((analytic - f_ref) ** 2)) / np.sqrt(np.mean(f_ref**2)) < 1e-5
+    np.testing.assert_allclose(analytic, -np.asarray(grad), rtol=0, atol=1e-9 * np.abs(f_ref).max())
+
+
+def test_analytic_forces_at_the_cell_edge_float32():
+    """Atoms whose fractional coordinate rounds to exactly 1 in float32 (spline window at the grid's end)."""
+    charges, positions, box = _random_charges(GENERAL_TRICLINIC, seed=5, n=40)
+    positions = np.asarray(positions, np.float32)
+    eps = np.float32(-1e-9)
+    positions[:3] = np.array([[eps, 0.2, 0.3], [0.3, eps, 0.4], [0.5, 0.6, eps]], np.float32) @ np.asarray(box, np.float32)
+    pme = PMEReciprocal(*pme_parameters(box, CUTOFF))
+    args = (jnp.asarray(charges, jnp.float32), jnp.asarray(positions), jnp.asarray(box, jnp.float32))
+    autodiff = -np.asarray(jax.jit(jax.grad(pme.energy, argnums=1))(*args))
+    analytic = np.asarray(jax.jit(pme.forces)(*args))
+    np.testing.assert_allclose(analytic, autodiff, rtol=0, atol=1e-4 * np.abs(autodiff).max())
+    grid64 = np.asarray(jax.jit(pme.charge_grid)(*(jnp.asarray(a, jnp.float64) for a in args)))
+    assert np.isclose(np.asarray(jax.jit(pme.charge_grid)(*args)).sum(), charges.sum(), atol=1e-4)
+    assert np.isclose(grid64.sum(), charges.sum())
 
 
 def test_truncated_octahedron_reciprocal_matches_openmm():

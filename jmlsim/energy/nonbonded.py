@@ -302,8 +302,10 @@ class Nonbonded:
         return pair_row_sums(lambda r, i: self._pair_rows(params, positions, box, r, i)[1], self.n_atoms, nbrs)
 
     # -- the rest: exceptions, far exclusions, PME reciprocal, corrections ----------------------------
-    def _corrections(self, params: NonbondedParams, positions: Array, box: Optional[Array]) -> Array:
-        """Everything except the direct pair sum (small index lists and grids: autodiff is cheap here)."""
+    def _corrections(self, params: NonbondedParams, positions: Array, box: Optional[Array],
+                     reciprocal: bool = True) -> Array:
+        """Everything except the direct pair sum (small index lists and grids: autodiff is cheap here); without
+        the PME reciprocal sum when ``reciprocal`` is False (forces take it from :meth:`PMEReciprocal.forces`)."""
         dtype = positions.dtype
         energy = jnp.zeros((), dtype)
         q = params.charge
@@ -331,7 +333,8 @@ class Nonbonded:
             u, _ = self._pair(r2, q[i] * q[j], 0.5 * (params.sigma[i] + params.sigma[j]), root_eps[i] * root_eps[j])
             energy = energy - jnp.sum(jnp.where(inside, u, 0.0))
         if self.method == "pme":
-            energy = energy + self.pme.energy(q, positions, box)
+            if reciprocal:
+                energy = energy + self.pme.energy(q, positions, box)
             energy = energy + ewald_self_energy(q, self.pme.alpha)
             energy = energy + neutralizing_energy(q, self.pme.alpha, jnp.abs(jnp.linalg.det(box)))
         if self.dispersion is not None and self.periodic:
@@ -360,6 +363,9 @@ class Nonbonded:
         return self.direct_energy(params, positions, box, nbrs) + self._corrections(params, positions, box)
 
     def forces(self, params: NonbondedParams, positions: Array, box: Optional[Array], nbrs=None) -> Array:
-        """Forces (N, 3) kJ/mol/nm: analytic row sums for the pair sum, autodiff for the rest."""
-        return (self.direct_forces(params, positions, box, nbrs)
-                - jax.grad(self._corrections, argnums=1)(params, positions, box))
+        """Forces (N, 3) kJ/mol/nm: analytic for the pair sum (row sums) and PME's reciprocal sum, autodiff for
+        the rest."""
+        forces = self.direct_forces(params, positions, box, nbrs)
+        if self.method == "pme":
+            forces = forces + self.pme.forces(params.charge, positions, box)
+        return forces - jax.grad(self._corrections, argnums=1)(params, positions, box, False)
