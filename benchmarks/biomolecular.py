@@ -38,7 +38,7 @@ estimate (velocities shifted by half a step).
 Profile (``--profile``). The pieces of one jmlsim Langevin step on DHFR in float32, each jit-compiled on its
 own and timed (median) at a state reached by a short run: neighbor-list build, the skin check, the nonbonded
 direct-space pair sum (``Nonbonded.direct_forces``, as ``Nonbonded.forces`` does), the PME reciprocal
-energy and gradient, the rest of the nonbonded corrections (exceptions, far exclusions, self, dispersion), the
+forces (``PMEReciprocal.forces``, analytic), the rest of the nonbonded corrections (exceptions, far exclusions, self, dispersion), the
 bonded terms, the constraint solves (one SHAKE/SETTLE and two velocity projections per step) and a whole
 integrator step with the forces held fixed (integrator arithmetic + noise + constraints), against the measured
 time per step of ``Simulation.advance`` (measured before and after the pieces, averaged) and the list rebuild
@@ -657,8 +657,8 @@ def run_profile(name: str, args) -> dict:
     def direct_forces(xx, p, box, nbrs):
         return nb_term.direct_forces(p, xx, box, nbrs)
 
-    def pme_grad(xx, q, box):
-        return jax.grad(nb_term.pme.energy, argnums=1)(q, xx, box)
+    def pme_forces(xx, q, box):
+        return nb_term.pme.forces(q, xx, box)  # analytic, as Nonbonded.forces uses it
 
     # The corrections other than the reciprocal sum, timed on a copy of the term without PME (the exceptions'
     # erf removal is then left out: a small underestimate).
@@ -673,7 +673,7 @@ def run_profile(name: str, args) -> dict:
         "skin check": (in_loop(lambda xx, nb, box: spec.needs_rebuild(nb, xx, box).astype(xx.dtype), tiny, reps),
                        (x, nbrs, box)),
         "nonbonded direct pair sum": (in_loop(direct_forces, tiny, reps), (x, p_nb, box, nbrs)),
-        "PME reciprocal (energy + grad)": (in_loop(pme_grad, tiny, reps), (x, p_nb.charge, box)),
+        "PME reciprocal forces": (in_loop(pme_forces, tiny, reps), (x, p_nb.charge, box)),
         "other nonbonded corrections": (in_loop(lambda xx, p, box: jax.grad(no_pme._corrections, argnums=1)(p, xx, box),
                                                 tiny, reps), (x, p_nb, box)),
         "nonbonded total (term.forces)": (in_loop(lambda xx, p, box, nb: nb_term.forces(p, xx, box, nb), tiny, reps),
@@ -714,7 +714,7 @@ def run_profile(name: str, args) -> dict:
             "neighbor list rebuilds (build x rate)": t["neighbor list build"] * rebuilds / steps_total,
             "skin check": t["skin check"],
             "nonbonded direct pair sum": t["nonbonded direct pair sum"],
-            "PME reciprocal": t["PME reciprocal (energy + grad)"],
+            "PME reciprocal": t["PME reciprocal forces"],
             "other nonbonded corrections": t["other nonbonded corrections"],
             "bonded terms": t["bonded terms"],
             "constraints (1 x positions + 2 x velocities)": t["constraints: positions (SHAKE+SETTLE)"]
