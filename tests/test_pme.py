@@ -210,7 +210,8 @@ def test_analytic_forces_at_the_cell_edge_float32():
     charges, positions, box = _random_charges(GENERAL_TRICLINIC, seed=5, n=40)
     positions = np.asarray(positions, np.float32)
     eps = np.float32(-1e-9)
-    positions[:3] = np.array([[eps, 0.2, 0.3], [0.3, eps, 0.4], [0.5, 0.6, eps]], np.float32) @ np.asarray(box, np.float32)
+    edge = np.array([[eps, 0.2, 0.3], [0.3, eps, 0.4], [0.5, 0.6, eps]], np.float32)  # fractional
+    positions[:3] = edge @ np.asarray(box, np.float32)
     pme = PMEReciprocal(*pme_parameters(box, CUTOFF))
     args = (jnp.asarray(charges, jnp.float32), jnp.asarray(positions), jnp.asarray(box, jnp.float32))
     autodiff = -np.asarray(jax.jit(jax.grad(pme.energy, argnums=1))(*args))

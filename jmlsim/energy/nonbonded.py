@@ -187,8 +187,8 @@ def masked_pairs(positions: Array, box: Optional[Array], rows: Array, idx: Optio
         if periodic:
             dr = space.minimum_image_components(dr, box, triclinic)
         offset = idx - rows[:, None]
-        excluded = (jnp.abs(offset) <= band_width) & jnp.asarray(band)[rows[:, None],
-                                                                        jnp.clip(offset + band_width, 0, 2 * band_width)]
+        column = jnp.clip(offset + band_width, 0, 2 * band_width)
+        excluded = (jnp.abs(offset) <= band_width) & jnp.asarray(band)[rows[:, None], column]
         keep = (idx < n) & (offset != 0) & ~excluded
     r2 = dr[0] * dr[0] + dr[1] * dr[1] + dr[2] * dr[2]
     if cutoff is not None:
@@ -280,8 +280,8 @@ class Nonbonded:
 
     def _pair_rows(self, params: NonbondedParams, positions: Array, box: Optional[Array], rows: Array,
                    idx: Optional[Array], with_forces: bool = True):
-        """Direct-space row sums of rows (B,) (None: all atoms): energy (B,) (each pair counted in both rows) and forces (B, 3)
-        (None unless with_forces), over the non-excluded partners within the cutoff."""
+        """Direct-space row sums of rows (B,) (None: all atoms) over the non-excluded partners within the cutoff:
+        energy (B,) (each pair counted in both of its rows) and forces (B, 3) (None unless with_forces)."""
         partners, dr, r2, keep = masked_pairs(positions, box, rows, idx, self.band, self.band_width, self.cutoff,
                                               self.periodic, self.triclinic)
         q = params.charge

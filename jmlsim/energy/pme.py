@@ -222,12 +222,11 @@ class PMEReciprocal:
         than autodiff through the spreading on DHFR); use :meth:`energy` for charge and box derivatives."""
         start, frac, inv_box = self._splines(positions, box)
         n = self.order
-        w = _bspline_weights(frac, n)
+        w = self._window_weights(frac)
         lower = _bspline_weights(frac, n - 1)
         zero = jnp.zeros_like(lower[..., :1])
-        # d M_n(x) / dx = M_{n-1}(x) - M_{n-1}(x - 1)
+        # d M_n(x) / dx = M_{n-1}(x) - M_{n-1}(x - 1), reversed into window order as the weights are
         dw = (jnp.concatenate([lower, zero], -1) - jnp.concatenate([zero, lower], -1))[..., ::-1]
-        w = w[..., ::-1]
         phi = jax.grad(self.grid_energy)(self.charge_grid(charges, positions, box), box)
         pad = n - 1
         for axis, size in enumerate(self.grid):  # periodic pad in front, as in charge_grid
