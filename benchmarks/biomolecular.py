@@ -38,8 +38,8 @@ estimate (velocities shifted by half a step).
 Profile (``--profile``). The pieces of one jmlsim Langevin step on DHFR in float32, each jit-compiled on its
 own and timed (median) at a state reached by a short run: neighbor-list build, the skin check, the nonbonded
 direct-space pair sum (``Nonbonded.direct_forces``, as ``Nonbonded.forces`` does), the PME reciprocal
-forces (``PMEReciprocal.forces``, analytic), the rest of the nonbonded corrections (exceptions, far exclusions, self, dispersion), the
-bonded terms, the constraint solves (one SHAKE/SETTLE and two velocity projections per step) and a whole
+forces (``PMEReciprocal.forces``, analytic), the rest of the nonbonded corrections (exceptions, far exclusions,
+self, dispersion), the bonded terms, the constraint solves (one SHAKE/SETTLE and two velocity projections per step) and a whole
 integrator step with the forces held fixed (integrator arithmetic + noise + constraints), against the measured
 time per step of ``Simulation.advance`` (measured before and after the pieces, averaged) and the list rebuild
 frequency (``sim.nbrs.n_builds``). Each piece runs ``--loop-reps`` times inside one jitted ``fori_loop`` (as in a

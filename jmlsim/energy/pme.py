@@ -197,7 +197,10 @@ class PMEReciprocal:
           (nx, ny, nz) grid of B-spline-weighted charges (e).
         """
         start, frac, _ = self._splines(positions, box)
-        w = self._window_weights(frac)
+        return self._spread(charges, start, self._window_weights(frac))
+
+    def _spread(self, charges: Array, start: Array, w: Array) -> Array:
+        """The charge grid from the atoms' window starts (N, 3) and window weights (N, 3, order)."""
         blocks = (charges[:, None, None, None] * w[:, 0, :, None, None] * w[:, 1, None, :, None]
                   * w[:, 2, None, None, :])  # (N, order, order, order)
         pad = self.order - 1
@@ -227,7 +230,7 @@ class PMEReciprocal:
         zero = jnp.zeros_like(lower[..., :1])
         # d M_n(x) / dx = M_{n-1}(x) - M_{n-1}(x - 1), reversed into window order as the weights are
         dw = (jnp.concatenate([lower, zero], -1) - jnp.concatenate([zero, lower], -1))[..., ::-1]
-        phi = jax.grad(self.grid_energy)(self.charge_grid(charges, positions, box), box)
+        phi = jax.grad(self.grid_energy)(self._spread(charges, start, w), box)
         pad = n - 1
         for axis, size in enumerate(self.grid):  # periodic pad in front, as in charge_grid
             phi = jnp.concatenate([jax.lax.slice_in_dim(phi, size - pad, size, axis=axis), phi], axis=axis)
