@@ -21,6 +21,11 @@ Units: pressure in bar converted with 1 bar = 0.0602214076 kJ mol^-1 nm^-3 (10^5
 All energy work (old energy, trial scaling, trial neighbor list, trial energy and forces) is one compiled
 function per (system, neighbor spec, dtypes), shared between barostats; the random numbers and the adaptive step live on the host in a
 small mutable :class:`BarostatStats` held by the (frozen) barostat.
+
+Replica batches (``Simulation(replicas=R)``): every replica has its own box and makes its own volume move at each
+attempt, with its own random stream (seed + r, as the integrator's replica r uses seed + r), its own adaptive
+max_delta and, for a temperature ladder, its own temperature; the trial energies of all replicas are one vmapped
+call. Replica r of a batch therefore follows the same NPT chain as a lone run with seeds seed + r.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmlsim import space
+from jmlsim.distributed import to_host
 
 BAR_TO_KJ_MOL_NM3 = 0.0602214076  # 1 bar = 1e5 J/m^3 = 1e-22 J/nm^3; x N_A / 1000 -> kJ/mol/nm^3
 AMU_PER_NM3_TO_G_PER_CM3 = 1.66053906660e-3  # 1 amu = 1.66053906660e-24 g, 1 nm^3 = 1e-21 cm^3
@@ -137,30 +143,34 @@ class MonteCarloBarostat:
     """Monte Carlo barostat for a single-system :class:`jmlsim.simulation.Simulation` with a periodic box.
 
     pressure_bar: target pressure, bar. temperature_k: the temperature of the acceptance test, K (should
-    match the thermostat's). frequency: steps between attempts. mode: 'isotropic' (all lattice vectors scaled
+    match the thermostat's); for a replica batch also a sequence of R per-replica temperatures. frequency: steps between attempts. mode: 'isotropic' (all lattice vectors scaled
     together) or 'anisotropic' (one of x, y, z scaled per attempt, like MonteCarloAnisotropicBarostat).
     seed: seed of the barostat's own random stream. initial_max_delta: starting maximum volume change, nm^3
     (default 0.01 V, as OpenMM). adapt: adjust max_delta towards 25-75 % acceptance.
-    The mutable part (counters, max_delta, random stream) is ``stats`` (a :class:`BarostatStats`).
+    The mutable part (counters, max_delta, random stream) is ``stats`` (a :class:`BarostatStats`). In a replica
+    batch ``replica_stats[r]`` holds replica r's stream, step and last trial, and ``stats`` counts the trials of
+    all replicas together (attempts grows by R per attempt).
     """
 
     pressure_bar: float
-    temperature_k: float
+    temperature_k: Any
     frequency: int = 25
     mode: str = "isotropic"
     seed: int = 0
     initial_max_delta: Optional[float] = None
     adapt: bool = True
     stats: BarostatStats = dataclasses.field(init=False, repr=False, compare=False)
+    replica_stats: Optional[list] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown barostat mode {self.mode!r} (choose {', '.join(MODES)})")
         if not self.frequency >= 1:
             raise ValueError(f"barostat frequency must be >= 1, got {self.frequency}")
-        if not (math.isfinite(self.pressure_bar) and self.temperature_k > 0):
+        if not (math.isfinite(self.pressure_bar) and np.all(np.asarray(self.temperature_k, float) > 0)):
             raise ValueError("barostat needs a finite pressure and a positive temperature")
         object.__setattr__(self, "stats", BarostatStats(rng=np.random.default_rng(self.seed)))
+        object.__setattr__(self, "replica_stats", None)
 
     # -- host-side pieces -----------------------------------------------------------------------------
     @property
@@ -171,11 +181,16 @@ class MonteCarloBarostat:
         """Target pressure in the system's units (kJ/mol/nm^3, or reduced)."""
         return self.pressure_bar * (1.0 if system.reduced_units else BAR_TO_KJ_MOL_NM3)
 
-    def kT(self, system) -> float:
-        return system.kB * self.temperature_k
+    def kT(self, system, replica: Optional[int] = None) -> float:
+        """kB T of the acceptance test (of one replica when the temperatures are per replica)."""
+        t = np.asarray(self.temperature_k, float)
+        if t.ndim:
+            if replica is None:
+                raise ValueError("per-replica barostat temperatures need a replica batch")
+            t = t[replica]
+        return system.kB * float(t)
 
-    def _init_step(self, volume: float) -> None:
-        st = self.stats
+    def _init_step(self, st: BarostatStats, volume: float) -> None:
         if st.max_delta is None:
             start = 0.01 * volume if self.initial_max_delta is None else float(self.initial_max_delta)
             k = 3 if self.mode == "anisotropic" else 1
@@ -183,9 +198,8 @@ class MonteCarloBarostat:
             st.window_attempts = np.zeros(k, int)
             st.window_accepted = np.zeros(k, int)
 
-    def _adapt(self, slot: int, volume: float) -> None:
+    def _adapt(self, st: BarostatStats, slot: int, volume: float) -> None:
         """OpenMM's rule: after >= 10 attempts, shrink by 1.1 below 25 % acceptance, grow above 75 %."""
-        st = self.stats
         n, acc = st.window_attempts[slot], st.window_accepted[slot]
         if not self.adapt or n < 10:
             return
@@ -198,13 +212,63 @@ class MonteCarloBarostat:
         st.window_attempts[slot] = 0
         st.window_accepted[slot] = 0
 
+    def _draw(self, st: BarostatStats, box: np.ndarray, cutoff: Optional[float]) -> dict:
+        """Host-side start of one volume move of one system: the random draws (always two per attempt, plus the
+        axis, so the stream does not depend on the outcome) and the trial scaling. Returns the trial's details:
+        volume, delta_v, new_volume, slot, axis, uniform, scale (3,), and ``possible`` (False when the trial
+        box cannot hold the cutoff or has no volume: it is rejected without an energy evaluation, where OpenMM
+        would raise)."""
+        volume = abs(float(np.linalg.det(box)))
+        self._init_step(st, volume)
+        slot = int(st.rng.integers(3)) if self.mode == "anisotropic" else 0
+        delta_v = float(st.max_delta[slot]) * 2.0 * (st.rng.random() - 0.5)
+        uniform = st.rng.random()
+        new_volume = volume + delta_v
+        scale = np.ones(3)
+        ratio = max(new_volume, 0.0) / volume
+        if self.mode == "isotropic":
+            scale[:] = ratio ** (1.0 / 3.0)
+        else:
+            scale[slot] = ratio
+        possible = new_volume > 0 and (cutoff is None or 0.5 * np.min(space.widths(box * scale[None, :])) >= cutoff)
+        return dict(volume=volume, delta_v=delta_v, new_volume=new_volume, slot=slot,
+                    axis=slot if self.mode == "anisotropic" else None, uniform=uniform, scale=scale, possible=possible)
+
+    def _decide(self, st: BarostatStats, trial: dict, u_old: float, u_new: float, pressure: float, n_molecules: int,
+                kT: float) -> bool:
+        """Metropolis decision of a drawn trial with its energies; records it in ``st`` and adapts the step."""
+        delta_u = u_new - u_old
+        if not trial["possible"] or not math.isfinite(delta_u):
+            work = math.inf
+        else:
+            work = reduced_work(delta_u, trial["delta_v"], trial["volume"], pressure, n_molecules, kT)
+        probability = 0.0 if not math.isfinite(work) else (1.0 if work <= 0 else math.exp(-work))
+        accepted = bool(trial["uniform"] < probability)
+        details = dict(delta_v=trial["delta_v"], volume=trial["volume"], axis=trial["axis"],
+                       delta_u=delta_u if trial["possible"] else math.inf, work=work, probability=probability,
+                       accepted=accepted, n_molecules=n_molecules)
+        if trial["possible"]:
+            # potential: the energy of the state the simulation is left in (saves the run loop a re-evaluation)
+            details["potential"] = u_new if accepted else u_old
+        st.last = details
+        slot = trial["slot"]
+        st.attempts += 1
+        st.accepted += int(accepted)
+        st.window_attempts[slot] += 1
+        st.window_accepted[slot] += int(accepted)
+        self._adapt(st, slot, trial["new_volume"] if accepted else trial["volume"])
+        return accepted
+
     def _trial_fn(self, sim, params, positions, box, nbrs, scale):
         """The compiled trial function for this simulation's current neighbor spec (cached).
 
         trial(params, positions, box, nbrs, scale) -> (U_old, U_new, positions', box', forces', nbrs',
-        old list overflowed, new list overflowed).
+        old list overflowed, new list overflowed); for a replica batch every input and output carries the replica
+        axis (params only when they are per replica) and the overflow flags are reduced over replicas.
         """
-        key = (sim.spec, jnp.dtype(sim.dtype).name, jnp.dtype(sim.force_dtype).name)
+        batched = sim.replicas is not None
+        key = (sim.spec, jnp.dtype(sim.dtype).name, jnp.dtype(sim.force_dtype).name, batched,
+               batched and sim.params_batched)
         cache = _TRIALS.setdefault(sim.system, {})
         if key in cache:
             return cache[key]
@@ -227,6 +291,14 @@ class MonteCarloBarostat:
             over_old = no if spec is None else nb_old.overflow
             over_new = no if spec is None else nb_new.overflow
             return u_old, u_new, x_new, box_new, f_new, nb_new, over_old, over_new
+
+        if batched:
+            one = trial
+            axes = (0 if sim.params_batched else None, 0, 0, None if spec is None else 0, 0)
+
+            def trial(params, x, box, nbrs, scale):
+                out = jax.vmap(one, axes)(params, x, box, nbrs, scale)
+                return out[:6] + (jnp.any(out[6]), jnp.any(out[7]))
         t0 = time.perf_counter()
         fn = jax.jit(trial).lower(params, positions, box, nbrs, scale).compile()
         dt = time.perf_counter() - t0
@@ -241,74 +313,83 @@ class MonteCarloBarostat:
             cache["n_molecules"] = int(molecule_ids(sim.system).max()) + 1
         return cache["n_molecules"]
 
+    def _evaluate(self, sim, scale: np.ndarray, boxes: np.ndarray):
+        """Run the compiled trial at ``scale`` ((3,) or (R, 3)), regrowing the neighbor list until neither list
+        overflows; ``boxes`` (host, (3, 3) or (R, 3, 3)) are the current boxes. Returns the trial's outputs."""
+        state = sim.state
+        scale_j = jnp.asarray(scale, sim.dtype)
+        for _ in range(10):
+            fn = self._trial_fn(sim, sim.params, state.positions, state.box, sim.nbrs, scale_j)
+            out = fn(sim.params, state.positions, state.box, sim.nbrs, scale_j)
+            if not (bool(out[6]) or bool(out[7])):
+                return out
+            # Enlarge the list (or re-plan the cell grid for the smaller trial box) and redo the trial.
+            # (regrown plans the cell grid for the smallest of all boxes, so either outcome fits it)
+            trial_boxes = boxes * np.asarray(scale)[..., None, :]
+            sim.spec = sim.spec.regrown(to_host(out[5]), np.concatenate([boxes.reshape(-1, 3, 3),
+                                                                          trial_boxes.reshape(-1, 3, 3)]))
+            sim.regrowths += 1
+            sim.nbrs = sim._rebuild(state)
+        raise RuntimeError("barostat: neighbor list kept overflowing at the trial box")
+
     # -- the move -------------------------------------------------------------------------------------
     def attempt(self, sim) -> bool:
-        """One volume move on ``sim`` (updates sim.state and sim.nbrs when accepted). Returns True if accepted."""
-        if sim.replicas is not None:
-            raise NotImplementedError("the Monte Carlo barostat does not support replica batches yet")
+        """One volume move on ``sim`` (updates sim.state and sim.nbrs when accepted). Returns True if accepted
+        (for a replica batch: True if any replica's move was accepted)."""
         state = sim.state
         if state.box is None:
             raise ValueError("a barostat needs a periodic box")
+        if sim.replicas is not None:
+            return self._attempt_replicas(sim)
+        if np.ndim(self.temperature_k):
+            raise ValueError("per-replica barostat temperatures need a replica batch")
         sys_ = sim.system
         box = np.asarray(state.box, dtype=np.float64)
-        volume = abs(float(np.linalg.det(box)))
-        self._init_step(volume)
-        st = self.stats
-        # The random draws come first (always two per attempt, plus the axis), so the stream does not depend
-        # on the outcome of the energy evaluation.
-        slot = int(st.rng.integers(3)) if self.mode == "anisotropic" else 0
-        delta_v = float(st.max_delta[slot]) * 2.0 * (st.rng.random() - 0.5)
-        uniform = st.rng.random()
-        new_volume = volume + delta_v
-        scale = np.ones(3)
-        ratio = max(new_volume, 0.0) / volume  # V' <= 0 (max_delta from a larger box) is rejected below
-        if self.mode == "isotropic":
-            scale[:] = ratio ** (1.0 / 3.0)
-        else:
-            scale[slot] = ratio
-        pressure, kT = self.pressure(sys_), self.kT(sys_)
-        mol_count = self._n_molecules(sim)
-        accepted = False
-        details = dict(delta_v=delta_v, volume=volume, axis=slot if self.mode == "anisotropic" else None)
-        cutoff = sys_.neighbor_cutoff
-        if new_volume <= 0 or (cutoff is not None and 0.5 * np.min(space.widths(box * scale[None, :])) < cutoff):
-            # The trial box cannot hold the cutoff (OpenMM would raise): reject it.
-            details.update(delta_u=math.inf, work=math.inf, probability=0.0)
-        else:
-            scale_j = jnp.asarray(scale, sim.dtype)
-            box_j = jnp.asarray(state.box)
-            for _ in range(10):
-                fn = self._trial_fn(sim, sim.params, state.positions, box_j, sim.nbrs, scale_j)
-                u_old, u_new, x_new, box_new, f_new, nb_new, over_old, over_new = fn(
-                    sim.params, state.positions, box_j, sim.nbrs, scale_j)
-                if not (bool(over_old) or bool(over_new)):
-                    break
-                # Enlarge the list (or re-plan the cell grid for the smaller trial box) and redo the trial.
-                # (regrown plans the cell grid for the smaller of both boxes, so either outcome fits it)
-                sim.spec = sim.spec.regrown(nb_new, np.stack([box, box * scale[None, :]]))
-                sim.regrowths += 1
-                sim.nbrs = sim._rebuild(state)
-            else:
-                raise RuntimeError("barostat: neighbor list kept overflowing at the trial box")
-            delta_u = float(u_new) - float(u_old)
-            if not math.isfinite(delta_u):
-                work = math.inf
-            else:
-                work = reduced_work(delta_u, delta_v, volume, pressure, mol_count, kT)
-            probability = 0.0 if not math.isfinite(work) else (1.0 if work <= 0 else math.exp(-work))
-            accepted = uniform < probability
-            # potential: the energy of the state the simulation is left in (saves the run loop a re-evaluation)
-            details.update(delta_u=delta_u, work=work, probability=probability,
-                           potential=float(u_new) if accepted else float(u_old))
-            if accepted:
-                sim.state = state._replace(positions=x_new, box=box_new, forces=f_new)
-                sim.nbrs = nb_new
-        details["accepted"] = accepted
-        details["n_molecules"] = mol_count
-        st.last = details
-        st.attempts += 1
-        st.accepted += int(accepted)
-        st.window_attempts[slot] += 1
-        st.window_accepted[slot] += int(accepted)
-        self._adapt(slot, new_volume if accepted else volume)
+        trial = self._draw(self.stats, box, sys_.neighbor_cutoff)
+        u_old = u_new = math.nan
+        if trial["possible"]:
+            u_old, u_new, x_new, box_new, f_new, nb_new, _, _ = self._evaluate(sim, trial["scale"], box)
+            u_old, u_new = float(u_old), float(u_new)
+        accepted = self._decide(self.stats, trial, u_old, u_new, self.pressure(sys_), self._n_molecules(sim),
+                                self.kT(sys_))
+        if accepted:
+            sim.state = state._replace(positions=x_new, box=box_new, forces=f_new)
+            sim.nbrs = nb_new
         return accepted
+
+    def _attempt_replicas(self, sim) -> bool:
+        """One volume move per replica of a batch; each replica is decided on its own."""
+        R = sim.replicas
+        if np.ndim(self.temperature_k) and np.shape(self.temperature_k) != (R,):
+            raise ValueError(f"barostat has {np.size(self.temperature_k)} per-replica temperatures but replicas={R}")
+        if self.replica_stats is None:
+            # replica r draws from the stream of seed + r, as the integrator's replica r does
+            object.__setattr__(self, "replica_stats",
+                               [BarostatStats(rng=np.random.default_rng(self.seed + r)) for r in range(R)])
+        sys_ = sim.system
+        boxes = np.asarray(to_host(sim.state.box), dtype=np.float64)  # (R, 3, 3)
+        trials = [self._draw(st, b, sys_.neighbor_cutoff) for st, b in zip(self.replica_stats, boxes)]
+        # impossible trials are evaluated at scale 1 (their outcome is a rejection whatever the energies)
+        scale = np.stack([t["scale"] if t["possible"] else np.ones(3) for t in trials])
+        u_old, u_new, x_new, box_new, f_new, nb_new, _, _ = self._evaluate(sim, scale, boxes)
+        u_old, u_new = np.asarray(to_host(u_old), float), np.asarray(to_host(u_new), float)
+        pressure, n_mol = self.pressure(sys_), self._n_molecules(sim)
+        per_replica_t = bool(np.ndim(self.temperature_k))
+        accepted = np.array([self._decide(st, t, u_old[r], u_new[r], pressure, n_mol,
+                                          self.kT(sys_, r if per_replica_t else None))
+                             for r, (st, t) in enumerate(zip(self.replica_stats, trials))])
+        self.stats.attempts += R
+        self.stats.accepted += int(accepted.sum())
+        self.stats.last = {"accepted": accepted.tolist(), "n_molecules": n_mol,
+                           "potential": np.where(accepted, u_new, u_old).tolist()}
+        if accepted.any():
+            take = jnp.asarray(accepted)
+
+            def pick(new, old):
+                return jnp.where(take.reshape((R,) + (1,) * (old.ndim - 1)), new, old)
+            state = sim.state
+            state = state._replace(positions=pick(x_new, state.positions), box=pick(box_new, state.box),
+                                   forces=pick(f_new, state.forces))
+            nbrs = None if sim.nbrs is None else jax.tree_util.tree_map(pick, nb_new, sim.nbrs)
+            sim.state, sim.nbrs, _ = sim.place(state, nbrs)
+        return bool(accepted.any())

@@ -311,11 +311,9 @@ def cmd_simulate(args) -> None:
     if args.pressure is not None:
         if system.box is None:
             raise InputError("--pressure needs a periodic system (the input has no box)")
-        if args.replicas:
-            raise InputError("--pressure with --replicas is not supported yet")
-        from jmlsim.barostat import MonteCarloBarostat
-        barostat = MonteCarloBarostat(args.pressure, args.temperature if args.temperature is not None else 300.0,
-                                      frequency=args.barostat_interval, seed=args.seed)
+        if args.exchange_interval is not None:
+            # an NPT exchange would need the P dV term in its acceptance test
+            raise InputError("--pressure with --exchange-interval is not supported yet")
     if reduced:
         timestep = args.timestep if args.timestep is not None else 0.005
         temperature = args.temperature if args.temperature is not None else 1.0
@@ -357,6 +355,11 @@ def cmd_simulate(args) -> None:
                              "(--temperatures or --temperature-max)")
         from jmlsim.ensemble import ReplicaExchange
         exchange = ReplicaExchange(args.exchange_interval, seed=args.seed)
+    if args.pressure is not None:
+        from jmlsim.barostat import MonteCarloBarostat
+        # each replica's volume moves are tested at its own temperature (reduced units: read as reduced)
+        barostat = MonteCarloBarostat(args.pressure, temperature if temperatures is None else tuple(temperatures),
+                                      frequency=args.barostat_interval, seed=args.seed)
     try:
         integrator = by_name(args.integrator, timestep, kT, friction, constraints=system.constraints)
     except ValueError as exc:
@@ -427,9 +430,10 @@ def cmd_simulate(args) -> None:
             _write_walkers(result["exchange"]["walkers"], exchange.stats)
     if barostat is not None:
         from jmlsim.barostat import density
+        boxes, masses = np.asarray(sim.state.box), np.asarray(sim.state.masses)
+        densities = ([density(m, b) for m, b in zip(masses, boxes)] if args.replicas else density(masses, boxes))
         result.update({"pressure_bar": args.pressure, "barostat_acceptance": barostat.stats.acceptance_rate,
-                       "final_box_nm": np.asarray(sim.state.box).tolist(),
-                       "final_density_g_per_cm3": float(density(np.asarray(sim.state.masses), np.asarray(sim.state.box)))})
+                       "final_box_nm": boxes.tolist(), "final_density_g_per_cm3": densities})
     if reduced:
         result.update({"units": "lj-reduced (timestep_fs, ns_per_day, final_temperature_k mapped onto argon: "
                                 "sigma 0.3405 nm, epsilon/kB 119.8 K, m 39.948 amu)",
@@ -580,7 +584,8 @@ def _join_processes(args) -> None:
         raise InputError(f"--devices {args.devices} do not divide over --num-processes {args.num_processes}")
     unsupported = [flag for flag, on in (("--checkpoint", args.checkpoint), ("--resume", args.resume),
                                          ("--molecules", getattr(args, "molecules", None)),
-                                         ("--minimize", args.minimize)) if on]
+                                         ("--minimize", args.minimize),
+                                         ("--pressure", getattr(args, "pressure", None) is not None)) if on]
     if unsupported:
         raise InputError(f"{unsupported[0]} is not supported in a multi-process run yet")
     # The collectives library (gloo) prints connection notes on the C-level stdout: send them to stderr and

@@ -28,7 +28,7 @@ class _Zero:
         return 0.0 * jnp.sum(positions)
 
 
-def _ideal_gas(n_mol=4, box=None, seed=0):
+def _ideal_gas(n_mol=4, box=None, seed=0, replicas=None, sim_seed=0):
     box = np.diag([2.0, 2.0, 2.0]) if box is None else np.asarray(box, float)
     rng = np.random.default_rng(seed)
     centres = rng.random((n_mol, 3)) @ box
@@ -37,7 +37,8 @@ def _ideal_gas(n_mol=4, box=None, seed=0):
     system = System(terms={"zero": _Zero()}, params={"zero": ()}, masses=np.full(2 * n_mol, 10.0), positions=x,
                     box=box, neighbor_cutoff=None, kB=KB, molecules=molecules)
     kT = KB * 300.0
-    return Simulation(system, LangevinBAOAB(0.001, kT, 1.0), kT=kT, precision="double")
+    return Simulation(system, LangevinBAOAB(0.001, kT, 1.0), kT=kT, precision="double", replicas=replicas,
+                      seed=sim_seed)
 
 
 def test_acceptance_probability_formula():
@@ -145,6 +146,56 @@ def test_anisotropic_moves_scale_one_axis_and_keep_molecules_rigid():
     assert np.ptp(d) > 1e-3  # the axes were scaled by different factors
 
 
+# -- replica batches: one volume move per replica, each with its own stream, step and temperature ---------------
+def test_replica_batch_moves_equal_lone_barostats_with_their_seeds_and_temperatures():
+    """Replica r of a batched barostat (stream seed + r, its own temperature and adaptive step) makes exactly the
+    moves of a lone barostat with seed + r at that temperature; the replicas' boxes go their own ways."""
+    temps = (250.0, 300.0, 450.0)
+    p_bar = 5 * KB * 300.0 / 8.0 / BAR_TO_KJ_MOL_NM3
+    batch = _ideal_gas(replicas=3, sim_seed=2)
+    baro = MonteCarloBarostat(pressure_bar=p_bar, temperature_k=temps, seed=9)
+    accepted_any = [baro.attempt(batch) for _ in range(60)]
+    boxes = np.asarray(batch.state.box)
+    for r, t in enumerate(temps):
+        alone = _ideal_gas(sim_seed=2 + r)
+        lone = MonteCarloBarostat(pressure_bar=p_bar, temperature_k=t, seed=9 + r)
+        for _ in range(60):
+            lone.attempt(alone)
+        np.testing.assert_allclose(boxes[r], np.asarray(alone.state.box), rtol=1e-12, atol=0)
+        np.testing.assert_allclose(np.asarray(batch.state.positions[r]), np.asarray(alone.state.positions),
+                                   rtol=1e-12, atol=1e-12)
+        mine = baro.replica_stats[r]
+        assert (mine.attempts, mine.accepted) == (lone.stats.attempts, lone.stats.accepted) == (60, mine.accepted)
+        np.testing.assert_allclose(mine.max_delta, lone.stats.max_delta, rtol=1e-12)
+        assert mine.last["probability"] == pytest.approx(lone.stats.last["probability"], rel=1e-12)
+    assert baro.stats.attempts == 180 and baro.stats.accepted == sum(s.accepted for s in baro.replica_stats)
+    assert any(accepted_any) and len({round(abs(np.linalg.det(b)), 9) for b in boxes}) == 3
+    with pytest.raises(ValueError, match="per-replica temperatures"):
+        MonteCarloBarostat(pressure_bar=1.0, temperature_k=(300.0, 310.0)).attempt(_ideal_gas(replicas=3))
+    with pytest.raises(ValueError, match="replica batch"):
+        MonteCarloBarostat(pressure_bar=1.0, temperature_k=(300.0, 310.0)).attempt(_ideal_gas())
+
+
+def test_replica_batch_samples_each_replicas_npt_volume():
+    """Two replicas at 300 K and 600 K sample <V> = (N + 1) kT_r / P each: 8 and 16 nm^3 (a barostat that tested
+    every replica at one temperature would give both the same mean)."""
+    n_mol = 4
+    p_kj = (n_mol + 1) * KB * 300.0 / 8.0
+    batch = _ideal_gas(n_mol, replicas=2)
+    baro = MonteCarloBarostat(pressure_bar=p_kj / BAR_TO_KJ_MOL_NM3, temperature_k=(300.0, 600.0), seed=4,
+                              initial_max_delta=6.0, adapt=False)
+    volumes = []
+    for _ in range(3000):
+        baro.attempt(batch)
+        volumes.append(np.abs(np.linalg.det(np.asarray(batch.state.box))))
+    v = np.asarray(volumes[300:])
+    for r, target in enumerate((8.0, 16.0)):
+        blocks = np.array([b.mean() for b in np.array_split(v[:, r], 10)])
+        se = blocks.std(ddof=1) / math.sqrt(len(blocks))
+        assert abs(v[:, r].mean() - target) < max(4 * se, 0.03 * target), (r, v[:, r].mean(), se)
+        assert abs(v[:, r].mean() - target) < 0.12 * target
+
+
 # -- the 216-water PME box ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def water():
@@ -230,6 +281,33 @@ def test_water_run_with_barostat(water):
     assert np.abs(np.asarray(sim.integrator.constraints.errors(sim.state.positions))).max() < 1e-5
     assert baro.stats.max_delta[0] > 0
 
+
+
+def test_water_replicas_with_barostat_equal_lone_runs(water):
+    """NPT replicas of the PME water box (per-replica boxes, neighbor lists rebuilt at each trial box) follow the
+    same trajectories and volume moves as lone NPT runs with the same seeds."""
+    system, _ = water
+    kT = system.kB * 300.0
+
+    def npt(replicas, seed, barostat_seed):
+        sim = Simulation(system, LangevinBAOAB(0.002, kT, 1.0), kT=kT, precision="double", skin=0.2, seed=seed,
+                         replicas=replicas)
+        baro = MonteCarloBarostat(pressure_bar=1.0, temperature_k=300.0, frequency=10, seed=barostat_seed)
+        sim.run(60, 30, barostat=baro, progress=False)
+        return sim, baro
+
+    batch, batch_baro = npt(2, 5, 3)
+    assert batch_baro.stats.attempts == 12
+    volumes = np.abs(np.linalg.det(np.asarray(batch.state.box)))
+    for r in range(2):
+        alone, baro = npt(None, 5 + r, 3 + r)
+        assert batch_baro.replica_stats[r].accepted == baro.stats.accepted
+        np.testing.assert_allclose(np.asarray(batch.state.box[r]), np.asarray(alone.state.box), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(batch.state.positions[r]), np.asarray(alone.state.positions),
+                                   rtol=0, atol=1e-8)
+        np.testing.assert_allclose(np.asarray(batch.state.forces[r]), np.asarray(alone.state.forces),
+                                   rtol=0, atol=1e-6 * np.abs(np.asarray(alone.state.forces)).max())
+    assert batch_baro.stats.accepted >= 1 and volumes[0] != volumes[1]
 
 # -- slow: NPT density against OpenMM -------------------------------------------------------------------------
 def _openmm_density(equil_ps, prod_ps, seed):

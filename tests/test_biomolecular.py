@@ -211,3 +211,26 @@ def test_simulate_cli_pressure(tmp_path):
     line = one_line_error(run_cli(tmp_path, "simulate", "--prmtop", ALA_GBSA[0], "--inpcrd", ALA_GBSA[1],
                                   "--steps", 10, "--pressure", 1.0, "--out", "q.h5", "--json"))
     assert "periodic" in line
+
+
+@pytest.mark.slow
+def test_simulate_cli_pressure_with_replicas(tmp_path):
+    """NPT replicas from the command line: a box, density and trajectory per replica."""
+    import mdtraj
+
+    result = last_json(run_cli(tmp_path, "simulate", "--prmtop", WATER[0], "--inpcrd", WATER[1], "--cutoff", 0.8,
+                               "--steps", 100, "--pressure", 1.0, "--barostat-interval", 10, "--replicas", 2,
+                               "--out", "p.h5", "--no-progress", "--json"))
+    assert result["replicas"] == 2 and len(result["final_density_g_per_cm3"]) == 2
+    assert np.asarray(result["final_box_nm"]).shape == (2, 3, 3) and 0 < result["barostat_acceptance"] <= 1
+    for r, path in enumerate(result["trajectory"]):
+        traj = mdtraj.load(str(tmp_path / path))
+        np.testing.assert_allclose(traj.unitcell_vectors[-1],
+                                   np.asarray(result["final_box_nm"][r]), rtol=1e-5)
+
+
+def test_simulate_cli_pressure_with_exchange_is_an_input_error(tmp_path):
+    line = one_line_error(run_cli(tmp_path, "simulate", "--prmtop", WATER[0], "--inpcrd", WATER[1], "--cutoff", 0.8,
+                                  "--steps", 10, "--pressure", 1.0, "--replicas", 2, "--temperature-max", 320,
+                                  "--exchange-interval", 5, "--out", "x.h5", "--json"))
+    assert "--exchange-interval" in line and "--pressure" in line
