@@ -172,6 +172,39 @@ class MonteCarloBarostat:
         object.__setattr__(self, "stats", BarostatStats(rng=np.random.default_rng(self.seed)))
         object.__setattr__(self, "replica_stats", None)
 
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The host-side state (counters, adaptive steps, random streams) as JSON-ready data, for checkpoints:
+        a resumed run continues the same chain of volume moves."""
+        def one(st: BarostatStats) -> dict:
+            arrays = {k: None if getattr(st, k) is None else np.asarray(getattr(st, k)).tolist()
+                      for k in ("max_delta", "window_attempts", "window_accepted")}
+            return {"attempts": st.attempts, "accepted": st.accepted, "rng": st.rng.bit_generator.state, **arrays}
+        return {"stats": one(self.stats),
+                "replicas": None if self.replica_stats is None else [one(st) for st in self.replica_stats]}
+
+    def load_state_dict(self, data: dict) -> None:
+        """Restore what :meth:`state_dict` wrote (ValueError when it does not fit this barostat)."""
+        def one(st: BarostatStats, d: dict) -> None:
+            st.attempts, st.accepted = int(d["attempts"]), int(d["accepted"])
+            st.rng.bit_generator.state = d["rng"]
+            for k, dtype in (("max_delta", float), ("window_attempts", int), ("window_accepted", int)):
+                setattr(st, k, None if d[k] is None else np.asarray(d[k], dtype))
+            if st.max_delta is not None and len(st.max_delta) != (3 if self.mode == "anisotropic" else 1):
+                raise ValueError(f"barostat state is for another mode than {self.mode!r}")
+        try:
+            one(self.stats, data["stats"])
+            replicas = data.get("replicas")
+            if replicas is None:
+                object.__setattr__(self, "replica_stats", None)
+            else:
+                stats = [BarostatStats(rng=np.random.default_rng(self.seed + r)) for r in range(len(replicas))]
+                for st, d in zip(stats, replicas):
+                    one(st, d)
+                object.__setattr__(self, "replica_stats", stats)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed barostat state ({type(exc).__name__}: {exc})") from None
+
     # -- host-side pieces -----------------------------------------------------------------------------
     @property
     def max_delta(self):

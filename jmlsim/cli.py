@@ -371,6 +371,11 @@ def cmd_simulate(args) -> None:
     if meta is not None:
         meta = ckpt.load(args.checkpoint, sim)
         frames_done = int(meta["frames"])
+        if barostat is not None and meta.get("barostat") is not None:
+            try:
+                barostat.load_state_dict(meta["barostat"])
+            except ValueError as exc:
+                raise InputError(f"checkpoint {args.checkpoint}: {exc}") from None
     elif args.minimize:
         from jmlsim.minimize import minimize
         minimize(sim, 1e-2 if reduced else 10.0)
@@ -391,7 +396,10 @@ def cmd_simulate(args) -> None:
             frames["n"] += 1
 
     def write_checkpoint(s):
-        ckpt.save(args.checkpoint, s, {"frames": frames["n"]})
+        extra = {"frames": frames["n"]}
+        if barostat is not None:  # so a resumed NPT run continues the same chain of volume moves
+            extra["barostat"] = barostat.state_dict()
+        ckpt.save(args.checkpoint, s, extra)
 
     try:
         timing = sim.run(steps_left, args.report_interval, reporters + [_FrameCounter()],

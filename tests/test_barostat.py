@@ -2,6 +2,7 @@
 moves, the run loop on a 216-water PME box, and (slow) the NPT density against OpenMM's MonteCarloBarostat."""
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -195,6 +196,36 @@ def test_replica_batch_samples_each_replicas_npt_volume():
         assert abs(v[:, r].mean() - target) < max(4 * se, 0.03 * target), (r, v[:, r].mean(), se)
         assert abs(v[:, r].mean() - target) < 0.12 * target
 
+
+
+@pytest.mark.parametrize("replicas", [None, 2])
+def test_barostat_state_in_a_checkpoint_continues_the_same_chain(tmp_path, replicas):
+    """A run resumed from a checkpoint with the barostat's saved state makes the volume moves the uninterrupted run
+    makes; without that state (fresh stream and step) it would not."""
+    from jmlsim import checkpoint as ckpt
+
+    p_bar = 5 * KB * 300.0 / 8.0 / BAR_TO_KJ_MOL_NM3
+    path = str(tmp_path / "npt.npz")
+
+    def fresh():
+        return (_ideal_gas(replicas=replicas, sim_seed=1),
+                MonteCarloBarostat(pressure_bar=p_bar, temperature_k=300.0, frequency=5, seed=2))
+    sim, baro = fresh()
+    sim.run(100, 50, barostat=baro, progress=False)
+    ckpt.save(path, sim, {"barostat": json.loads(json.dumps(baro.state_dict()))})
+    sim.run(100, 50, barostat=baro, progress=False)
+    resumed, resumed_baro = fresh()
+    resumed_baro.load_state_dict(ckpt.load(path, resumed)["barostat"])
+    resumed.run(100, 50, barostat=resumed_baro, progress=False)
+    np.testing.assert_allclose(np.asarray(resumed.state.box), np.asarray(sim.state.box), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(resumed.state.positions), np.asarray(sim.state.positions), atol=1e-10)
+    assert (resumed_baro.stats.attempts, resumed_baro.stats.accepted) == (baro.stats.attempts, baro.stats.accepted)
+    forgetful, forgetful_baro = fresh()
+    ckpt.load(path, forgetful)
+    forgetful.run(100, 50, barostat=forgetful_baro, progress=False)
+    assert not np.allclose(np.asarray(forgetful.state.box), np.asarray(sim.state.box), rtol=1e-9)
+    with pytest.raises(ValueError, match="malformed"):
+        resumed_baro.load_state_dict({"stats": {}})
 
 # -- the 216-water PME box ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
