@@ -364,6 +364,17 @@ def cmd_simulate(args) -> None:
         integrator = by_name(args.integrator, timestep, kT, friction, constraints=system.constraints)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    if args.minimize and args.replicas and not args.resume:
+        # the replicas start from one structure: minimize it once, alone, before the batch is built
+        import dataclasses
+
+        from jmlsim.minimize import minimize
+        kT0 = kT[0] if isinstance(kT, tuple) else kT
+        lone = _simulation(system, by_name(args.integrator, timestep, kT0, friction, constraints=system.constraints),
+                           kT=kT0, seed=args.seed, precision=args.precision, skin=_default_skin(args, system),
+                           replicas=None, neighbor_capacity=args.neighbor_capacity, devices=None)
+        minimize(lone, 1e-2 if reduced else 10.0)
+        system = dataclasses.replace(system, positions=np.asarray(lone.state.positions, np.float64))
     sim = _simulation(system, integrator, kT=kT, seed=args.seed, precision=args.precision,
                       skin=_default_skin(args, system), replicas=args.replicas,
                       neighbor_capacity=args.neighbor_capacity, devices=args.devices)
@@ -376,7 +387,7 @@ def cmd_simulate(args) -> None:
                 barostat.load_state_dict(meta["barostat"])
             except ValueError as exc:
                 raise InputError(f"checkpoint {args.checkpoint}: {exc}") from None
-    elif args.minimize:
+    elif args.minimize and not args.replicas:
         from jmlsim.minimize import minimize
         minimize(sim, 1e-2 if reduced else 10.0)
     topology = system.topology if system.topology is not None else generic_topology(system.n_atoms)
@@ -498,8 +509,10 @@ def _simulate_molecules(args) -> None:
     temperature = args.temperature if args.temperature is not None else 300.0
     sim = mb.molecule_simulation(batch, temperature, timestep, args.friction, seed=args.seed,
                                  precision=args.precision, devices=args.devices)
-    if args.minimize:
-        raise InputError("--minimize is not supported with --molecules")
+    minimization = None
+    if args.minimize:  # every molecule on its own, in one vmapped L-BFGS
+        from jmlsim.minimize import minimize
+        minimization = minimize(sim, 10.0)
     trajectory = mb.MoleculeTrajectoryReporter(outputs, batch.topologies, batch.n_atoms)
     log = LogReporter(log_path, False, len(names))
     try:
@@ -519,6 +532,12 @@ def _simulate_molecules(args) -> None:
                       for n, a, o, u, t in zip(names, batch.n_atoms, outputs, frame.potential, frame.temperature)],
         "skipped": skipped,
     }
+    if minimization is not None:
+        result["minimization"] = {"iterations": minimization["steps"], "tolerance_kj_per_mol_nm": 10.0,
+                                  "converged": all(minimization["converged"])}
+        for m, u0, u1, f in zip(result["molecules"], minimization["initial_potential"],
+                                minimization["final_potential"], minimization["max_force"]):
+            m.update({"initial_potential": u0, "minimized_potential": u1, "minimized_max_force": f})
     if args.devices is not None:
         result["devices"] = args.devices
     _emit(args, result)

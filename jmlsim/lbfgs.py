@@ -31,15 +31,16 @@ def _constraint_pairs(constraints):
 
 def minimize_lbfgs(sim, tolerance: float, max_iterations: int = 2000, chunk: int = 25, memory_size: int = 10,
                    penalty: float = PENALTY) -> dict:
-    """Minimize a single-system ``Simulation`` in place (positions and forces; velocities kept).
+    """Minimize a ``Simulation`` in place (positions and forces; velocities kept).
 
     tolerance: largest per-atom (constraint-projected) force norm to stop at, kJ/mol/nm.
-    Returns {'steps', 'initial_potential', 'final_potential', 'max_force', 'converged', 'method'}.
+    Returns {'steps', 'initial_potential', 'final_potential', 'max_force', 'converged', 'method'}; for a replica
+    batch (see :func:`_minimize_lbfgs_replicas`) the potentials, max_force and converged are per replica (R,).
     """
     import optax
 
     if sim.replicas is not None:
-        raise ValueError("minimize works on a single system")
+        return _minimize_lbfgs_replicas(sim, tolerance, max_iterations, chunk, memory_size)
     system = sim.system
     constraints = getattr(sim.integrator, "constraints", None)
     masses = sim.state.masses
@@ -133,3 +134,69 @@ def minimize_lbfgs(sim, tolerance: float, max_iterations: int = 2000, chunk: int
     energy = float(sim._energy(sim.params, sim.state, sim.nbrs))
     return {"steps": steps, "initial_potential": energy0, "final_potential": energy, "max_force": fmax,
             "converged": bool(done), "method": "lbfgs"}
+
+
+def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: int, memory_size: int) -> dict:
+    """Every replica of a batch minimized on its own, in one vmapped L-BFGS (a library of molecules padded to one
+    size, or replicas with per-replica parameters). Needs a batch without neighbor list and without constraints.
+
+    A replica that has converged keeps its positions while the others go on. Returns lists (R,) for
+    initial_potential, final_potential, max_force, converged, and the iterations run (the slowest replica's).
+    """
+    import optax
+
+    if sim.spec is not None or getattr(sim.integrator, "constraints", None) is not None:
+        raise ValueError("minimizing a replica batch needs a system without neighbor list and without constraints")
+    system, fdt = sim.system, sim.force_dtype
+    params_axis = 0 if sim.params_batched else None
+    box_axis = None if sim.state.box is None else 0
+    optimizer = optax.lbfgs(memory_size=memory_size)
+
+    def energy_forces(params, x, box):
+        xf = x.astype(fdt)
+        bf = None if box is None else box.astype(fdt)
+        return system.energy(params, xf, bf, None).astype(x.dtype), system.forces(params, xf, bf, None).astype(x.dtype)
+
+    def run_one(params, x, opt_state, box):
+        @jax.custom_vjp
+        def objective(y):
+            return energy_forces(params, y, box)[0]
+        objective.defvjp(lambda y: energy_forces(params, y, box), lambda f, g: (-g * f,))
+
+        def body(carry, _):
+            y, opt = carry
+            value, grad = optax.value_and_grad_from_state(objective)(y, state=opt)
+            updates, opt = optimizer.update(grad, opt, y, value=value, grad=grad, value_fn=objective)
+            return (optax.apply_updates(y, updates), opt), None
+        (x, opt_state), _ = jax.lax.scan(body, (x, opt_state), None, length=chunk)
+        _, f = energy_forces(params, x, box)
+        return x, opt_state, jnp.max(jnp.linalg.norm(f, axis=-1))
+
+    run = jax.jit(jax.vmap(run_one, (params_axis, 0, 0, box_axis)))
+    x, box = sim.state.positions, sim.state.box
+    energy0 = np.asarray(sim.potential(), float)
+    opt_state = jax.jit(jax.vmap(optimizer.init))(x)
+    done = np.zeros(sim.replicas, bool)
+    fmax = np.full(sim.replicas, np.nan)
+    steps = 0
+    while steps < max_iterations and not done.all():
+        new_x, new_state, new_fmax = run(sim.params, x, opt_state, box)
+        new_fmax = np.asarray(new_fmax, float)
+        if not np.all(np.isfinite(new_fmax[~done])):
+            bad = int(np.flatnonzero(~np.isfinite(new_fmax) & ~done)[0])
+            raise FloatingPointError(f"minimization produced non-finite forces in replica {bad} by iteration "
+                                     f"{steps + chunk}")
+        keep = jnp.asarray(done)  # converged replicas stay where they converged
+
+        def pick(old, new):
+            return jnp.where(keep.reshape(keep.shape + (1,) * (old.ndim - 1)), old, new)
+        x = pick(x, new_x)
+        opt_state = jax.tree_util.tree_map(lambda o, n: pick(o, n) if np.ndim(o) >= 1 else n, opt_state, new_state)
+        fmax = np.where(done, fmax, new_fmax)
+        done = fmax < tolerance
+        steps += chunk
+    forces = jax.jit(jax.vmap(lambda p, y, b: energy_forces(p, y, b)[1], (params_axis, 0, box_axis)))(sim.params, x, box)
+    sim.state = sim.state._replace(positions=x, forces=forces)
+    energy = np.asarray(sim.potential(), float)
+    return {"steps": steps, "initial_potential": energy0.tolist(), "final_potential": energy.tolist(),
+            "max_force": fmax.tolist(), "converged": done.tolist(), "method": "lbfgs"}

@@ -58,8 +58,9 @@ class Fire:
 
 
 def minimize(sim, tolerance: float, max_steps: int = 5000, method: str | None = None, **kwargs) -> dict:
-    """Minimize a single-system ``Simulation`` in place with ``method`` 'lbfgs' (:mod:`jmlsim.lbfgs`; the
-    default for force-field systems, constraint-aware) or 'fire' (the default in LJ reduced units).
+    """Minimize a ``Simulation`` in place with ``method`` 'lbfgs' (:mod:`jmlsim.lbfgs`; the default for
+    force-field systems, constraint-aware; also every replica of a batch without neighbor list or constraints,
+    such as a molecule library) or 'fire' (the default in LJ reduced units; one system).
     Returns {'steps', 'initial_potential', 'final_potential', 'max_force', 'converged', 'method'}."""
     if method is None:
         method = "fire" if sim.system.reduced_units else "lbfgs"

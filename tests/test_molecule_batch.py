@@ -48,6 +48,35 @@ def test_each_padded_molecule_has_exactly_its_own_energy_and_forces(library):
     assert batch.atom_mask.sum(1).tolist() == [s.n_atoms for s in systems]
 
 
+
+@pytest.mark.slow
+def test_batched_lbfgs_minimizes_each_molecule_as_it_would_be_alone(library):
+    """One vmapped L-BFGS over the padded library stops each molecule where a lone L-BFGS of it stops."""
+    from jmlsim.integrators import LangevinBAOAB
+    from jmlsim.minimize import minimize
+    from jmlsim.simulation import Simulation
+
+    systems, names, _ = library
+    batch = mb.batch_systems(systems, names)
+    sim = mb.molecule_simulation(batch, 300.0, 0.001, seed=0, precision="double")
+    out = minimize(sim, 10.0)
+    assert all(out["converged"]) and max(out["max_force"]) < 10.0
+    assert all(u1 < u0 - 10.0 for u0, u1 in zip(out["initial_potential"], out["final_potential"]))
+    energies, forces = mb.molecule_energies(batch, sim.state.positions)
+    np.testing.assert_allclose(np.asarray(energies), out["final_potential"], rtol=1e-9)
+    for b, system in enumerate(systems):
+        # the padding atoms feel no force and do not move
+        np.testing.assert_array_equal(np.asarray(sim.state.positions[b, system.n_atoms:]),
+                                      batch.positions[b, system.n_atoms:])
+    for b in (0, len(systems) - 1):  # the smallest peptide and alanine dipeptide, each minimized alone
+        system = systems[b]
+        alone = Simulation(system, LangevinBAOAB(0.001, 300.0 * system.kB, 1.0), precision="double")
+        lone = minimize(alone, 10.0)
+        assert abs(lone["final_potential"] - out["final_potential"][b]) < 1e-3 * abs(lone["final_potential"]), names[b]
+        # the same minimum; line searches amplify rounding differences along soft modes (methyl rotations)
+        moved = np.asarray(sim.state.positions[b, :system.n_atoms]) - np.asarray(alone.state.positions)
+        assert np.sqrt(np.mean(np.sum(moved**2, -1))) < 5e-3, names[b]
+
 def test_implicit_solvent_padding_adds_no_descreening_or_surface_energy():
     ala = load_amber(ALA + ".prmtop", ALA + ".crd", nonbonded="nocutoff", constraints="none",
                      implicit_solvent="obc2")
@@ -119,9 +148,11 @@ def test_bad_libraries_are_input_errors(tmp_path, capsys):
 def test_cli_simulates_a_library_directory(tmp_path, capsys):
     out = tmp_path / "lib.h5"
     code = main(["simulate", "--molecules", f"{PEPTIDES}/library.txt", "--steps", "200", "--report-interval", "100",
-                 "--constraints", "none", "--out", str(out), "--no-progress", "--json"])
+                 "--constraints", "none", "--minimize", "--out", str(out), "--no-progress", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["replicas"] == 4 and [m["name"] for m in result["molecules"]] == ["GA", "AGS", "GGG", "KA"]
+    assert result["minimization"]["converged"]
     for m in result["molecules"]:
         assert mdtraj.load(m["trajectory"]).n_frames == 2
+        assert m["minimized_potential"] < m["initial_potential"] and m["minimized_max_force"] < 10.0
