@@ -486,17 +486,12 @@ def _simulate_molecules(args) -> None:
         raise InputError("--molecules runs Langevin dynamics only")
     if args.nonbonded not in (None, "nocutoff"):
         raise InputError("--molecules runs without cutoff (vacuum or --implicit-solvent obc2)")
-    if args.constraints not in ("none", "hbonds"):
-        raise InputError("--molecules runs flexible molecules (no constraints)")
-    if args.constraints == "hbonds":  # the default: say that it does not apply
-        print("jmlsim: note: --molecules runs flexible bonds (no constraints); the default step is 1 fs",
-              file=sys.stderr)
     try:
         trajectory_format(args.out)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     systems, names, skipped = mb.load_library(args.molecules, args.forcefield or ("amber14-all.xml",),
-                                              args.implicit_solvent)
+                                              args.implicit_solvent, constraints=args.constraints)
     for item in skipped:
         print(f"jmlsim: skipped {item['name']}: {item['error']}", file=sys.stderr)
     stem, ext = os.path.splitext(args.out)
@@ -505,7 +500,9 @@ def _simulate_molecules(args) -> None:
     for path in outputs + [log_path]:
         _check_writable(path, "output", overwrite=args.overwrite)
     batch = mb.batch_systems(systems, names)
-    timestep = (args.timestep if args.timestep is not None else 1.0) * units.PS_PER_FS
+    # flexible bonds to hydrogen need 1 fs; constrained ones take the usual 2 fs
+    default_fs = 1.0 if batch.constraints is None else 2.0
+    timestep = (args.timestep if args.timestep is not None else default_fs) * units.PS_PER_FS
     temperature = args.temperature if args.temperature is not None else 300.0
     sim = mb.molecule_simulation(batch, temperature, timestep, args.friction, seed=args.seed,
                                  precision=args.precision, devices=args.devices)

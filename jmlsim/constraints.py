@@ -75,6 +75,8 @@ class Constraints:
     coupling: Optional[Coupling] = None
 
     def __post_init__(self):
+        if isinstance(self.pairs, jax.core.Tracer):
+            return  # one molecule's arrays of a batch, inside vmap (see ConstraintsBatch): already checked
         pairs = np.asarray(self.pairs, dtype=np.int32).reshape(-1, 2)
         waters = np.asarray(self.waters, dtype=np.int32).reshape(-1, 3)
         distances = np.asarray(self.distances, dtype=np.float64).reshape(-1)
@@ -184,9 +186,13 @@ class Constraints:
             c = self.coupling
             n = y.shape[0]
             if n <= DENSE_MAX_ATOMS:  # a few constraints (a small molecule): a dense product, no scatter
-                dense = np.zeros((n, n))
-                np.add.at(dense, (c.rows, c.cols), c.values)
-                y = jnp.matmul(jnp.asarray(dense, y.dtype), y, precision=jax.lax.Precision.HIGHEST)
+                if isinstance(c.rows, np.ndarray):
+                    dense = np.zeros((n, n))
+                    np.add.at(dense, (c.rows, c.cols), c.values)
+                    dense = jnp.asarray(dense, y.dtype)
+                else:  # traced (one molecule of a batch)
+                    dense = jnp.zeros((n, n), y.dtype).at[c.rows, c.cols].add(c.values.astype(y.dtype))
+                y = jnp.matmul(dense, y, precision=jax.lax.Precision.HIGHEST)
             else:
                 y = jnp.zeros_like(y).at[c.rows].add(jnp.asarray(c.values, y.dtype) * y[c.cols])
         return y * w
@@ -410,6 +416,107 @@ class Constraints:
         if self.waters.shape[0]:
             out = self._settle_velocities(positions, out, masses)
         return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ConstraintsBatch:
+    """Different bond constraints for each replica of a batch (a library of molecules padded to N atoms).
+
+    Every replica's constraints are padded to C: the extra rows join two padding atoms of that replica (each its
+    own pair) at their current distance, so they hold trivially; the CCMA preconditioner of each molecule is
+    padded with identity rows and zero entries. Each call vmaps :class:`Constraints`' solvers over the replicas
+    with that replica's arrays. No rigid waters.
+
+    template: a Constraints with C rows (its settings: tolerance, max_iterations). pairs (R, C, 2) int32;
+    distances (R, C) nm; coupling_rows/cols (R, K) int32 and coupling_values (R, K); counts (R,) the real
+    constraints of each replica.
+    """
+
+    template: Constraints
+    pairs: np.ndarray
+    distances: np.ndarray
+    coupling_rows: np.ndarray
+    coupling_cols: np.ndarray
+    coupling_values: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def n_constraints(self) -> np.ndarray:
+        """(R,) degrees of freedom each replica loses (its real constraints only)."""
+        return np.asarray(self.counts)
+
+    def _arrays(self):
+        return (jnp.asarray(self.pairs), jnp.asarray(self.distances), jnp.asarray(self.coupling_rows),
+                jnp.asarray(self.coupling_cols), jnp.asarray(self.coupling_values))
+
+    def _one(self, pairs, distances, rows, cols, values) -> Constraints:
+        return dataclasses.replace(self.template, pairs=pairs, distances=distances,
+                                   coupling=Coupling(rows, cols, values))
+
+    def positions_with_info(self, new: Array, reference: Array, masses: Array) -> Tuple[Array, Array]:
+        """As :meth:`Constraints.positions_with_info` for (R, N, 3) positions and (R, N) masses."""
+        new = jnp.asarray(new)
+        return jax.vmap(lambda arrays, x, ref, m: self._one(*arrays)._positions_one(x, ref, m))(
+            self._arrays(), new, jnp.asarray(reference, new.dtype), jnp.asarray(masses, new.dtype))
+
+    def positions(self, new: Array, reference: Array, masses: Array) -> Array:
+        return self.positions_with_info(new, reference, masses)[0]
+
+    def velocities(self, positions: Array, velocities: Array, masses: Array) -> Array:
+        """As :meth:`Constraints.velocities` for (R, N, 3) arrays and (R, N) masses."""
+        velocities = jnp.asarray(velocities)
+        return jax.vmap(lambda arrays, x, v, m: self._one(*arrays)._velocities_one(x, v, m))(
+            self._arrays(), jnp.asarray(positions, velocities.dtype), velocities,
+            jnp.asarray(masses, velocities.dtype))
+
+    def errors(self, positions: Array) -> Array:
+        """(R, C) relative length errors (padding rows included: they hold too)."""
+        positions = jnp.asarray(positions)
+        pairs = jnp.asarray(self.pairs)
+        r = jax.vmap(lambda x, p: jnp.linalg.norm(x[p[:, 0]] - x[p[:, 1]], axis=-1))(positions, pairs)
+        return r / jnp.asarray(self.distances, r.dtype) - 1.0
+
+    @classmethod
+    def pad(cls, constraints: list, padding_atoms: list, positions: np.ndarray) -> "ConstraintsBatch":
+        """Pad per-replica Constraints (or None) to one batch.
+
+        padding_atoms[r]: replica r's padding atom indices (at least twice its missing rows); positions (R, N, 3)
+        their start positions (the padding rows' lengths).
+        """
+        counts = np.array([0 if c is None else c.pairs.shape[0] for c in constraints])
+        if any(c is not None and c.waters.shape[0] for c in constraints):
+            raise ValueError("constraint batches hold bond constraints only, not rigid waters")
+        width = max(int(counts.max()), 1)
+        settings = next((c for c in constraints if c is not None), None)
+        pairs, distances, rows, cols, values = [], [], [], [], []
+        for r, c in enumerate(constraints):
+            missing = width - counts[r]
+            if len(padding_atoms[r]) < 2 * missing:
+                raise ValueError(f"replica {r}: {missing} padding constraints need {2 * missing} padding atoms")
+            extra = np.asarray(padding_atoms[r][:2 * missing], np.int32).reshape(-1, 2)
+            p = np.concatenate([np.zeros((0, 2), np.int32) if c is None else c.pairs, extra])
+            pairs.append(p)
+            lengths = np.linalg.norm(positions[r, extra[:, 0]] - positions[r, extra[:, 1]], axis=-1)
+            distances.append(np.concatenate([np.zeros(0) if c is None else c.distances, lengths]))
+            own = np.arange(width) if c is None or c.coupling is None else None
+            if own is not None:  # no preconditioner: the identity
+                rows.append(own), cols.append(own), values.append(np.ones(width))
+            else:
+                pad_rows = np.arange(counts[r], width)
+                rows.append(np.concatenate([c.coupling.rows, pad_rows]))
+                cols.append(np.concatenate([c.coupling.cols, pad_rows]))
+                values.append(np.concatenate([c.coupling.values, np.ones(len(pad_rows))]))
+        nnz = max(len(v) for v in values)
+        fill = lambda arrays, value: np.stack([np.concatenate([a, np.full(nnz - len(a), value, a.dtype)])
+                                               for a in arrays])
+        template = Constraints(pairs=pairs[0], distances=distances[0], waters=np.zeros((0, 3), np.int32),
+                               tolerance=1e-7 if settings is None else settings.tolerance,
+                               max_iterations=200 if settings is None else settings.max_iterations,
+                               coupling=Coupling(np.arange(width, dtype=np.int32), np.arange(width, dtype=np.int32),
+                                                 np.ones(width)))
+        return cls(template=template, pairs=np.stack(pairs).astype(np.int32), distances=np.stack(distances),
+                   coupling_rows=fill(rows, 0).astype(np.int32), coupling_cols=fill(cols, 0).astype(np.int32),
+                   coupling_values=fill(values, 0.0).astype(np.float64), counts=counts)
 
 
 # ---------------------------------------------------------------------- preconditioner

@@ -40,7 +40,7 @@ def minimize_lbfgs(sim, tolerance: float, max_iterations: int = 2000, chunk: int
     import optax
 
     if sim.replicas is not None:
-        return _minimize_lbfgs_replicas(sim, tolerance, max_iterations, chunk, memory_size)
+        return _minimize_lbfgs_replicas(sim, tolerance, max_iterations, chunk, memory_size, penalty)
     system = sim.system
     constraints = getattr(sim.integrator, "constraints", None)
     masses = sim.state.masses
@@ -136,32 +136,54 @@ def minimize_lbfgs(sim, tolerance: float, max_iterations: int = 2000, chunk: int
             "converged": bool(done), "method": "lbfgs"}
 
 
-def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: int, memory_size: int) -> dict:
+def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: int, memory_size: int,
+                             penalty: float) -> dict:
     """Every replica of a batch minimized on its own, in one vmapped L-BFGS (a library of molecules padded to one
-    size, or replicas with per-replica parameters). Needs a batch without neighbor list and without constraints.
+    size, or replicas with per-replica parameters). Needs a batch without neighbor list.
 
-    A replica that has converged keeps its positions while the others go on. Returns lists (R,) for
-    initial_potential, final_potential, max_force, converged, and the iterations run (the slowest replica's).
+    Constraints (a molecule batch's :class:`jmlsim.constraints.ConstraintsBatch`) are handled as for one system:
+    a stiff penalty on every constrained distance during the search, one SHAKE projection at the end, and
+    convergence judged on the forces projected onto the constraint surface. A replica that has converged keeps
+    its positions while the others go on. Returns lists (R,) for initial_potential, final_potential, max_force,
+    converged, and the iterations run (the slowest replica's).
     """
     import optax
 
-    if sim.spec is not None or getattr(sim.integrator, "constraints", None) is not None:
-        raise ValueError("minimizing a replica batch needs a system without neighbor list and without constraints")
+    if sim.spec is not None:
+        raise ValueError("minimizing a replica batch needs a system without neighbor list")
+    constraints = getattr(sim.integrator, "constraints", None)
+    if constraints is not None and not hasattr(constraints, "counts"):
+        raise ValueError("minimizing a replica batch handles per-replica constraints (ConstraintsBatch) only")
     system, fdt = sim.system, sim.force_dtype
     params_axis = 0 if sim.params_batched else None
     box_axis = None if sim.state.box is None else 0
     optimizer = optax.lbfgs(memory_size=memory_size)
+    # per replica: its constraint arrays (pairs, lengths, preconditioner), or nothing
+    cons_arrays = () if constraints is None else constraints._arrays()
 
-    def energy_forces(params, x, box):
+    def energy_forces(params, x, box, cons):
+        """Energy + constraint penalty and its forces, (), (N, 3)."""
         xf = x.astype(fdt)
         bf = None if box is None else box.astype(fdt)
-        return system.energy(params, xf, bf, None).astype(x.dtype), system.forces(params, xf, bf, None).astype(x.dtype)
+        e = system.energy(params, xf, bf, None).astype(x.dtype)
+        f = system.forces(params, xf, bf, None).astype(x.dtype)
+        if cons:
+            pairs, lengths = cons[0], cons[1].astype(x.dtype)
+            pe, pg = jax.value_and_grad(
+                lambda y: penalty * jnp.sum((jnp.linalg.norm(y[pairs[:, 0]] - y[pairs[:, 1]], axis=-1) - lengths) ** 2))(x)
+            e, f = e + pe, f - pg
+        return e, f
 
-    def run_one(params, x, opt_state, box):
+    def projected(x, f, cons):
+        if not cons:
+            return f
+        return constraints._one(*cons)._velocities_one(x, f, jnp.ones(x.shape[0], x.dtype))
+
+    def run_one(params, x, opt_state, box, cons):
         @jax.custom_vjp
         def objective(y):
-            return energy_forces(params, y, box)[0]
-        objective.defvjp(lambda y: energy_forces(params, y, box), lambda f, g: (-g * f,))
+            return energy_forces(params, y, box, cons)[0]
+        objective.defvjp(lambda y: energy_forces(params, y, box, cons), lambda f, g: (-g * f,))
 
         def body(carry, _):
             y, opt = carry
@@ -169,10 +191,10 @@ def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: 
             updates, opt = optimizer.update(grad, opt, y, value=value, grad=grad, value_fn=objective)
             return (optax.apply_updates(y, updates), opt), None
         (x, opt_state), _ = jax.lax.scan(body, (x, opt_state), None, length=chunk)
-        _, f = energy_forces(params, x, box)
-        return x, opt_state, jnp.max(jnp.linalg.norm(f, axis=-1))
+        _, f = energy_forces(params, x, box, cons)
+        return x, opt_state, jnp.max(jnp.linalg.norm(projected(x, f, cons), axis=-1))
 
-    run = jax.jit(jax.vmap(run_one, (params_axis, 0, 0, box_axis)))
+    run = jax.jit(jax.vmap(run_one, (params_axis, 0, 0, box_axis, 0)))
     x, box = sim.state.positions, sim.state.box
     energy0 = np.asarray(sim.potential(), float)
     opt_state = jax.jit(jax.vmap(optimizer.init))(x)
@@ -180,7 +202,7 @@ def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: 
     fmax = np.full(sim.replicas, np.nan)
     steps = 0
     while steps < max_iterations and not done.all():
-        new_x, new_state, new_fmax = run(sim.params, x, opt_state, box)
+        new_x, new_state, new_fmax = run(sim.params, x, opt_state, box, cons_arrays)
         new_fmax = np.asarray(new_fmax, float)
         if not np.all(np.isfinite(new_fmax[~done])):
             bad = int(np.flatnonzero(~np.isfinite(new_fmax) & ~done)[0])
@@ -191,11 +213,20 @@ def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: 
         def pick(old, new):
             return jnp.where(keep.reshape(keep.shape + (1,) * (old.ndim - 1)), old, new)
         x = pick(x, new_x)
-        opt_state = jax.tree_util.tree_map(lambda o, n: pick(o, n) if np.ndim(o) >= 1 else n, opt_state, new_state)
+        opt_state = jax.tree_util.tree_map(pick, opt_state, new_state)
         fmax = np.where(done, fmax, new_fmax)
         done = fmax < tolerance
         steps += chunk
-    forces = jax.jit(jax.vmap(lambda p, y, b: energy_forces(p, y, b)[1], (params_axis, 0, box_axis)))(sim.params, x, box)
+    if constraints is not None:
+        x = jax.jit(constraints.positions)(x, x, sim.state.masses)
+
+    def final_one(params, y, b, cons):
+        f = system.forces(params, y.astype(fdt), None if b is None else b.astype(fdt), None).astype(y.dtype)
+        return f, jnp.max(jnp.linalg.norm(projected(y, f, cons), axis=-1))
+    final = jax.jit(jax.vmap(final_one, (params_axis, 0, box_axis, 0)))
+    forces, fmax = final(sim.params, x, box, cons_arrays)
+    fmax = np.asarray(fmax, float)
+    done = fmax < tolerance
     sim.state = sim.state._replace(positions=x, forces=forces)
     energy = np.asarray(sim.potential(), float)
     return {"steps": steps, "initial_potential": energy0.tolist(), "final_potential": energy.tolist(),

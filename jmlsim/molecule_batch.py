@@ -10,8 +10,10 @@ entries of zero force constant that point at padding atoms, and travel in the *p
 The padded energy of molecule b equals its own energy exactly (the padding contributes exact zeros).
 
 Supported terms: harmonic bonds and angles, periodic torsions, NonbondedForce with NoCutoff, GBSA-OBC2 (NoCutoff)
-— what ligands and peptides in vacuum or implicit solvent use. No constraints (use a 1 fs step, or HMR-free
-flexible bonds); Langevin dynamics only. Per-molecule trajectories carry each molecule's own topology (real atoms
+— what ligands and peptides in vacuum or implicit solvent use. Bond constraints (HBonds, AllBonds, HAngles; not
+rigid water) differ per molecule too (:class:`jmlsim.constraints.ConstraintsBatch`): each molecule's list is padded
+with constraints between pairs of its own padding atoms, so a molecule with fewer constraints gets at least two
+padding atoms per missing row. Langevin dynamics only. Per-molecule trajectories carry each molecule's own topology (real atoms
 only); kinetic energies and temperatures count real atoms only.
 """
 
@@ -66,7 +68,7 @@ class MoleculeBatch(NamedTuple):
     system: the padded template System (terms wrapped in :class:`TopologyFromParams`; its own params and
     positions are molecule 0's). params: parameter pytree with leading axis B. positions (B, N, 3) nm;
     masses (B, N) amu; atom_mask (B, N) bool (real atoms); n_atoms (B,); names (B,); topologies: each molecule's
-    own mdtraj Topology (real atoms).
+    own mdtraj Topology (real atoms); constraints: a ConstraintsBatch, or None when no molecule has constraints.
     """
 
     system: System
@@ -77,6 +79,7 @@ class MoleculeBatch(NamedTuple):
     n_atoms: np.ndarray
     names: list
     topologies: list
+    constraints: Any = None
 
 
 def _padding_positions(count: int) -> np.ndarray:
@@ -130,12 +133,14 @@ def batch_systems(systems: Sequence[System], names: Optional[Sequence[str]] = No
     for name, s in zip(names, systems):
         if s.box is not None or s.neighbor_cutoff is not None:
             raise InputError(f"{name}: molecule batches need open boundaries without cutoff (vacuum or OBC2)")
-        if s.constraints is not None and s.n_constraints > 0:
-            raise InputError(f"{name}: molecule batches do not support constraints (load with constraints='none')")
+        if s.constraints is not None and s.constraints.waters.shape[0]:
+            raise InputError(f"{name}: molecule batches support bond constraints, not rigid waters")
         if set(s.terms) != set(first.terms):
             raise InputError(f"{name}: terms {sorted(s.terms)} differ from {names[0]}'s {sorted(first.terms)}")
     n_atoms = np.array([s.n_atoms for s in systems])
-    n_pad = int(n_atoms.max()) + N_PADDING
+    n_constraints = np.array([0 if s.constraints is None else s.constraints.pairs.shape[0] for s in systems])
+    # every padding constraint joins two padding atoms of its own
+    n_pad = int(np.max(n_atoms + np.maximum(N_PADDING, 2 * (n_constraints.max() - n_constraints))))
     B = len(systems)
 
     positions = np.zeros((B, n_pad, 3))
@@ -166,7 +171,13 @@ def batch_systems(systems: Sequence[System], names: Optional[Sequence[str]] = No
     system = dataclasses.replace(
         first, terms=terms, params=jax.tree_util.tree_map(lambda a: a[0], params), masses=masses[0],
         positions=positions[0], topology=None, constraints=None, molecules=None, name="molecule-batch")
-    return MoleculeBatch(system, params, positions, masses, mask, n_atoms, names, [s.topology for s in systems])
+    constraints = None
+    if n_constraints.max() > 0:
+        from jmlsim.constraints import ConstraintsBatch
+        constraints = ConstraintsBatch.pad([s.constraints for s in systems], [np.arange(n, n_pad) for n in n_atoms],
+                                           positions)
+    return MoleculeBatch(system, params, positions, masses, mask, n_atoms, names, [s.topology for s in systems],
+                         constraints)
 
 
 def _pad_term(kind, terms, params, n_atoms, n_pad, per_molecule, term_name):
@@ -233,7 +244,8 @@ def molecule_simulation(batch: MoleculeBatch, temperature_k: float, timestep_ps:
 
     system = batch.system
     try:
-        return Simulation(system, LangevinBAOAB(timestep_ps, temperature_k * system.kB, friction),
+        return Simulation(system, LangevinBAOAB(timestep_ps, temperature_k * system.kB, friction,
+                                                constraints=batch.constraints),
                           replicas=len(batch.names), replica_params=batch.params, replica_positions=batch.positions,
                           replica_masses=batch.masses, atom_mask=batch.atom_mask, **simulation_kwargs)
     except ValueError as exc:
@@ -317,8 +329,10 @@ def read_library(path: str) -> list:
     return entries
 
 
-def load_library(path: str, forcefields: Sequence[str] = ("amber14-all.xml",), implicit_solvent: Optional[str] = None):
-    """Load every molecule of a library (vacuum, or OBC2 implicit solvent) as flexible, NoCutoff Systems.
+def load_library(path: str, forcefields: Sequence[str] = ("amber14-all.xml",), implicit_solvent: Optional[str] = None,
+                 constraints: str = "none"):
+    """Load every molecule of a library (vacuum, or OBC2 implicit solvent) as NoCutoff Systems, flexible or with
+    ``constraints`` ('hbonds', 'allbonds', 'hangles').
 
     Returns (systems, names, skipped) where skipped is [{"name", "error"}] for molecules that failed to load (one
     line each); an InputError if none loads.
@@ -329,13 +343,13 @@ def load_library(path: str, forcefields: Sequence[str] = ("amber14-all.xml",), i
     for name, kind, files in read_library(path):
         try:
             if kind == "amber":
-                s = load_amber(files[0], files[1], nonbonded="nocutoff", constraints="none",
+                s = load_amber(files[0], files[1], nonbonded="nocutoff", constraints=constraints,
                                implicit_solvent=implicit_solvent)
             else:
                 if implicit_solvent is not None:  # OpenMM's implicit/obc2.xml makes a CustomGBForce
                     raise InputError(f"{files[0]}: implicit solvent needs an AMBER prmtop (GBSAOBCForce); "
                                      "PDB + XML gives a CustomGBForce, which jmlsim does not evaluate")
-                s = load_pdb(files[0], list(forcefields), nonbonded="nocutoff", constraints="none")
+                s = load_pdb(files[0], list(forcefields), nonbonded="nocutoff", constraints=constraints)
             systems.append(dataclasses.replace(s, name=name))
             names.append(name)
         except InputError as exc:

@@ -78,7 +78,8 @@ class Simulation:
     set per replica, e.g. for Hamiltonian replica exchange); default: the system's params shared by all.
     devices: shard the replica axis over this many devices (``jax.devices()[:devices]``), or None.
     replica_positions (R, N, 3), replica_masses (R, N): per-replica starting positions and masses (a batch of
-    different molecules padded to N atoms, see :mod:`jmlsim.molecule_batch`); no neighbor list or constraints.
+    different molecules padded to N atoms, see :mod:`jmlsim.molecule_batch`); no neighbor list, and constraints
+    only as the integrator's per-replica :class:`jmlsim.constraints.ConstraintsBatch`.
     atom_mask (R, N) bool: the real atoms of each replica; padding atoms are left out of the kinetic energy and
     the degrees of freedom.
     neighbor_capacity: starting row width of the neighbor list (None: sized from the start structure).
@@ -132,7 +133,10 @@ class Simulation:
                                    np.broadcast_to(sys_.masses, (self.replicas,) + sys_.masses.shape), self.dtype)
         constraints = getattr(self.integrator, "constraints", None)
         if constraints is not None and self.constrain_start:
-            positions = jax.jit(constraints.positions)(positions, positions, masses)
+            if per_replica_atoms:  # each replica's own atoms (a molecule batch: per-molecule constraints)
+                positions_r = jax.jit(constraints.positions)(positions_r, positions_r, masses_r)
+            else:
+                positions = jax.jit(constraints.positions)(positions, positions, masses)
         box = None if sys_.box is None else jnp.asarray(sys_.box, self.dtype)
         self.regrowths = 0
         if sys_.neighbor_cutoff is not None:

@@ -77,6 +77,58 @@ def test_batched_lbfgs_minimizes_each_molecule_as_it_would_be_alone(library):
         moved = np.asarray(sim.state.positions[b, :system.n_atoms]) - np.asarray(alone.state.positions)
         assert np.sqrt(np.mean(np.sum(moved**2, -1))) < 5e-3, names[b]
 
+
+@pytest.fixture(scope="module")
+def constrained_library():
+    systems, names, _ = mb.load_library(os.path.join(PEPTIDES, "library.txt"), constraints="hbonds")
+    return systems, names, mb.batch_systems(systems, names)
+
+
+def test_batched_constraints_project_each_molecule_as_its_own_constraints_do(constrained_library):
+    """SHAKE and RATTLE on the padded batch (per-molecule pairs, lengths and CCMA preconditioners, padding rows
+    between padding atoms) give each molecule exactly what its own Constraints give it."""
+    systems, names, batch = constrained_library
+    cons = batch.constraints
+    counts = [s.constraints.pairs.shape[0] for s in systems]
+    assert cons.n_constraints.tolist() == counts and len(set(counts)) > 1
+    n_pad = batch.positions.shape[1]
+    assert all(n_pad - s.n_atoms >= 2 * (max(counts) - c) for s, c in zip(systems, counts))
+    rng = np.random.default_rng(1)
+    x0 = jnp.asarray(batch.positions)
+    masses = jnp.asarray(batch.masses)
+    moved = x0 + 0.002 * rng.normal(size=x0.shape)
+    v = jnp.asarray(rng.normal(size=x0.shape)) * jnp.sqrt(2.494 / masses)[..., None]  # thermal, 300 K
+    fixed = np.asarray(cons.positions(moved, x0, masses))
+    projected = np.asarray(cons.velocities(jnp.asarray(fixed), v, masses))
+    assert np.abs(np.asarray(cons.errors(jnp.asarray(fixed)))).max() < 1e-7  # the tolerance; padding rows too
+    for b, system in enumerate(systems):
+        n = system.n_atoms
+        own = system.constraints
+        ref_x = np.asarray(own.positions(moved[b, :n], x0[b, :n], masses[b, :n]))
+        np.testing.assert_allclose(fixed[b, :n], ref_x, rtol=0, atol=1e-9, err_msg=names[b])
+        ref_v = np.asarray(own.velocities(jnp.asarray(ref_x), v[b, :n], masses[b, :n]))
+        np.testing.assert_allclose(projected[b, :n], ref_v, rtol=0, atol=1e-8, err_msg=names[b])
+    # degrees of freedom of each molecule: 3 n - its own constraints
+    sim = mb.molecule_simulation(batch, 300.0, 0.002, seed=0, precision="double")
+    assert sim.dof.tolist() == [3 * s.n_atoms - c for s, c in zip(systems, counts)]
+
+
+def test_constrained_library_runs_at_2_fs_with_its_bond_lengths_held(constrained_library):
+    systems, names, batch = constrained_library
+    sim = mb.molecule_simulation(batch, 300.0, 0.002, seed=3, precision="single")
+    sim.advance(500)
+    x = sim.state.positions
+    assert np.all(np.isfinite(np.asarray(x)))
+    assert np.abs(np.asarray(batch.constraints.errors(x))).max() < 2e-6
+    # RATTLE: no relative velocity along any constrained bond (nm/ps, against thermal H speeds of ~2 nm/ps)
+    v = np.asarray(sim.state.velocities, np.float64)
+    xx = np.asarray(x, np.float64)
+    for b, system in enumerate(systems):
+        i, j = system.constraints.pairs.T
+        d = xx[b, i] - xx[b, j]
+        along = np.sum(d * (v[b, i] - v[b, j]), -1) / np.linalg.norm(d, axis=-1)
+        assert np.abs(along).max() < 1e-3, names[b]
+
 def test_implicit_solvent_padding_adds_no_descreening_or_surface_energy():
     ala = load_amber(ALA + ".prmtop", ALA + ".crd", nonbonded="nocutoff", constraints="none",
                      implicit_solvent="obc2")
@@ -134,8 +186,11 @@ def test_bad_libraries_are_input_errors(tmp_path, capsys):
     with pytest.raises(InputError, match="does not exist"):
         mb.read_library(str(tmp_path / "nowhere"))
     ala = load_amber(ALA + ".prmtop", ALA + ".crd", nonbonded="nocutoff", constraints="hbonds")
-    with pytest.raises(InputError, match="constraints"):
-        mb.batch_systems([ala], ["ala"])
+    c = ala.constraints
+    wet = dataclasses.replace(ala, constraints=dataclasses.replace(c, waters=np.array([[0, 1, 2]]), water_oh=0.1,
+                                                                  water_hh=0.15))
+    with pytest.raises(InputError, match="rigid waters"):
+        mb.batch_systems([ala, wet], ["ala", "wet"])
     for argv in (["--molecules", str(tmp_path / "none.txt")],
                  ["--molecules", f"{PEPTIDES}/library.txt", "--replicas", "2"],
                  ["--molecules", f"{PEPTIDES}/library.txt", "--pdb", "x.pdb"]):
@@ -148,11 +203,17 @@ def test_bad_libraries_are_input_errors(tmp_path, capsys):
 def test_cli_simulates_a_library_directory(tmp_path, capsys):
     out = tmp_path / "lib.h5"
     code = main(["simulate", "--molecules", f"{PEPTIDES}/library.txt", "--steps", "200", "--report-interval", "100",
-                 "--constraints", "none", "--minimize", "--out", str(out), "--no-progress", "--json"])
+                 "--minimize", "--out", str(out), "--no-progress", "--json"])  # HBonds (the default), 2 fs
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["replicas"] == 4 and [m["name"] for m in result["molecules"]] == ["GA", "AGS", "GGG", "KA"]
-    assert result["minimization"]["converged"]
-    for m in result["molecules"]:
-        assert mdtraj.load(m["trajectory"]).n_frames == 2
-        assert m["minimized_potential"] < m["initial_potential"] and m["minimized_max_force"] < 10.0
+    assert result["timestep_fs"] == 2.0 and result["minimization"]["iterations"] > 0
+    systems, _, _ = mb.load_library(os.path.join(PEPTIDES, "library.txt"), constraints="hbonds")
+    for m, system in zip(result["molecules"], systems):
+        traj = mdtraj.load(m["trajectory"])
+        assert traj.n_frames == 2 and traj.unitcell_vectors is None  # open boundaries: no (zero) unit cell
+        assert m["minimized_potential"] < m["initial_potential"] - 50.0 and m["minimized_max_force"] < 50.0
+        # every bond to hydrogen keeps its constrained length in the written frames
+        pairs, lengths = system.constraints.pairs, system.constraints.distances
+        np.testing.assert_allclose(mdtraj.compute_distances(traj, pairs), np.broadcast_to(lengths, (2, len(lengths))),
+                                   rtol=1e-4)

@@ -69,11 +69,10 @@ class HDF5Writer:
                                "programVersion": "0.1.0", "application": "jmlsim", "title": "jmlsim trajectory"})
             n = topology.n_atoms
             root.create_dataset("topology", data=np.array([_topology_json(topology)]))
-            for name, shape, unit in (("coordinates", (n, 3), "nanometers"), ("time", (), "picoseconds"),
-                                      ("cell_lengths", (3,), "nanometers"), ("cell_angles", (3,), "degrees")):
-                ds = root.create_dataset(name, shape=(0,) + shape, maxshape=(None,) + shape, dtype="f4",
-                                         chunks=(1,) + shape if shape else (1024,))
-                ds.attrs["units"] = unit
+            for name, shape, unit in (("coordinates", (n, 3), "nanometers"), ("time", (), "picoseconds")):
+                self._dataset(name, shape, unit)
+            # the unit cell only for periodic systems (created with the first box): a cell of zeros would make
+            # mdtraj apply periodic images to an open system
         else:
             self.file = h5py.File(path, "a")
             for name in ("coordinates", "time", "cell_lengths", "cell_angles"):
@@ -81,11 +80,24 @@ class HDF5Writer:
                     self.file[name].resize(keep_frames, axis=0)
         self.file.flush()
 
+    def _dataset(self, name: str, shape: tuple, unit: str) -> None:
+        ds = self.file.create_dataset(name, shape=(0,) + shape, maxshape=(None,) + shape, dtype="f4",
+                                      chunks=(1,) + shape if shape else (1024,))
+        ds.attrs["units"] = unit
+
     def write(self, positions: np.ndarray, time: float, box: Optional[np.ndarray]) -> None:
-        """positions (N, 3) nm, time ps, box (3, 3) nm or None."""
+        """positions (N, 3) nm, time ps, box (3, 3) nm or None (an open system: no unit cell is stored)."""
         f = self.file
         i = f["coordinates"].shape[0]
-        for name in ("coordinates", "time", "cell_lengths", "cell_angles"):
+        names = ("coordinates", "time")
+        if box is not None:
+            if "cell_lengths" not in f:
+                if i:
+                    raise ValueError(f"{self.path}: a box appeared after {i} frames without one")
+                self._dataset("cell_lengths", (3,), "nanometers")
+                self._dataset("cell_angles", (3,), "degrees")
+            names += ("cell_lengths", "cell_angles")
+        for name in names:
             f[name].resize(i + 1, axis=0)
         f["coordinates"][i] = positions
         f["time"][i] = time
