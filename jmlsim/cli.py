@@ -311,9 +311,6 @@ def cmd_simulate(args) -> None:
     if args.pressure is not None:
         if system.box is None:
             raise InputError("--pressure needs a periodic system (the input has no box)")
-        if args.exchange_interval is not None:
-            # an NPT exchange would need the P dV term in its acceptance test
-            raise InputError("--pressure with --exchange-interval is not supported yet")
     if reduced:
         timestep = args.timestep if args.timestep is not None else 0.005
         temperature = args.temperature if args.temperature is not None else 1.0
@@ -353,8 +350,11 @@ def cmd_simulate(args) -> None:
         if temperatures is None or len(set(temperatures)) < 2:
             raise InputError("--exchange-interval needs replicas at different temperatures "
                              "(--temperatures or --temperature-max)")
+        from jmlsim.barostat import BAR_TO_KJ_MOL_NM3
         from jmlsim.ensemble import ReplicaExchange
-        exchange = ReplicaExchange(args.exchange_interval, seed=args.seed)
+        # at constant pressure the exchange test uses enthalpies U + P V (system units)
+        pressure = None if args.pressure is None else args.pressure * (1.0 if reduced else BAR_TO_KJ_MOL_NM3)
+        exchange = ReplicaExchange(args.exchange_interval, seed=args.seed, pressure=pressure)
     if args.pressure is not None:
         from jmlsim.barostat import MonteCarloBarostat
         # each replica's volume moves are tested at its own temperature (reduced units: read as reduced)

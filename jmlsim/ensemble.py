@@ -17,7 +17,9 @@ min(1, exp(-Delta)),
 
 which reduces to (beta_i - beta_j)(U(x_j) - U(x_i)) when the slots differ only in temperature: a swap that brings
 the lower-energy configuration into the colder slot is always accepted. Velocities are rescaled
-by sqrt(T_new / T_old) so the kinetic part needs no acceptance term. Neighbouring pairs (0,1), (2,3), ... and
+by sqrt(T_new / T_old) so the kinetic part needs no acceptance term. At constant pressure (NPT replicas, each
+with its own box) U is replaced by the enthalpy U + P V (Okabe et al. 2001) and the boxes travel with their
+configurations. Neighbouring pairs (0,1), (2,3), ... and
 (1,2), (3,4), ... are attempted alternately, which keeps the scheme reversible pair by pair.
 """
 
@@ -142,12 +144,16 @@ class ReplicaExchange:
 
     Temperature REMD when the replicas differ in thermostat temperature, Hamiltonian REMD when the simulation
     carries per-replica parameter sets (``replica_params``), or both at once: the rule is the same.
+    pressure: for NPT replicas (each with its own box, e.g. under a Monte Carlo barostat), the pressure in the
+    system's units (kJ/mol/nm^3; see :meth:`jmlsim.barostat.MonteCarloBarostat.pressure`): the energies of the
+    exchange test become enthalpies U + P V, and a swap moves each configuration together with its box.
     """
 
-    def __init__(self, frequency: int, seed: int = 0):
+    def __init__(self, frequency: int, seed: int = 0, pressure: Optional[float] = None):
         if frequency < 1:
             raise InputError(f"exchange interval must be at least 1 step, got {frequency}")
         self.frequency = int(frequency)
+        self.pressure = pressure
         self.rng = np.random.default_rng(seed)
         self.stats: Optional[ExchangeStats] = None
         self.n_attempts = 0
@@ -158,7 +164,8 @@ class ReplicaExchange:
         key = ("cross", sim.spec)
         if key not in self._fns:
             def cross(params, state, nbrs, partner):
-                moved = state._replace(positions=state.positions[partner])
+                moved = state._replace(positions=state.positions[partner],
+                                       box=None if state.box is None else state.box[partner])
                 nb = None if nbrs is None else jax.tree_util.tree_map(lambda a: a[partner], nbrs)
                 return sim._energy(params, moved, nb)
             self._fns[key] = jax.jit(cross)
@@ -172,6 +179,7 @@ class ReplicaExchange:
             def swap(params, state, nbrs, perm, velocity_scale):
                 take = lambda a: a[perm]
                 new = state._replace(positions=take(state.positions),
+                                     box=None if state.box is None else take(state.box),
                                      velocities=take(state.velocities) * velocity_scale[:, None, None].astype(
                                          state.velocities.dtype),
                                      forces=take(state.forces),
@@ -207,6 +215,11 @@ class ReplicaExchange:
             u_cross = to_host(self._cross_energy_fn(sim)(sim.params, sim.state, sim.nbrs, partner)).astype(float)
         else:  # one Hamiltonian: U_s(x_partner) is the partner's own energy
             u_cross = u_own[partner]
+        if self.pressure is not None:  # NPT: enthalpies H = U + P V, each configuration with its own box
+            if sim.state.box is None:
+                raise InputError("replica exchange at constant pressure needs periodic replicas")
+            pv = self.pressure * np.abs(np.linalg.det(np.asarray(to_host(sim.state.box), float)))
+            u_own, u_cross = u_own + pv, u_cross + pv[partner]
         delta = exchange_deltas(beta, u_own, u_cross, pairs)
         probability = np.exp(-np.maximum(delta, 0.0))  # min(1, e^-Delta) without overflow
         accepted = self.rng.random(len(pairs)) < probability

@@ -229,8 +229,10 @@ def test_simulate_cli_pressure_with_replicas(tmp_path):
                                    np.asarray(result["final_box_nm"][r]), rtol=1e-5)
 
 
-def test_simulate_cli_pressure_with_exchange_is_an_input_error(tmp_path):
-    line = one_line_error(run_cli(tmp_path, "simulate", "--prmtop", WATER[0], "--inpcrd", WATER[1], "--cutoff", 0.8,
-                                  "--steps", 10, "--pressure", 1.0, "--replicas", 2, "--temperature-max", 320,
-                                  "--exchange-interval", 5, "--out", "x.h5", "--json"))
-    assert "--exchange-interval" in line and "--pressure" in line
+@pytest.mark.slow
+def test_simulate_cli_npt_replica_exchange(tmp_path):
+    result = last_json(run_cli(tmp_path, "simulate", "--prmtop", WATER[0], "--inpcrd", WATER[1], "--cutoff", 0.8,
+                               "--steps", 60, "--pressure", 1.0, "--barostat-interval", 10, "--replicas", 2,
+                               "--temperature-max", 310, "--exchange-interval", 20, "--out", "x.h5", "--no-progress",
+                               "--json"))
+    assert result["exchange"]["attempts"][0] >= 1 and len(result["final_density_g_per_cm3"]) == 2

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -236,3 +237,46 @@ def test_sharded_replicas_equal_the_unsharded_run():
     assert result["devices"] == [1, 4]  # the sharded state really lives on four devices
     assert result["accepted"][0] == result["accepted"][1]
     assert result["max_diff"] < 1e-9
+
+
+# -- NPT replica exchange: enthalpies in the test, boxes travel with their configurations -------------------------
+@dataclasses.dataclass(frozen=True, eq=False)
+class _NoEnergy:
+    def energy(self, params, positions, box, nbrs):
+        return 0.0 * jnp.sum(positions)
+
+
+def test_npt_exchange_uses_enthalpies_and_swaps_boxes():
+    """With U = 0 the exchange of slots at beta_0, beta_1 holding volumes V_0, V_1 is accepted with probability
+    min(1, exp(-(beta_0 - beta_1) P (V_1 - V_0))); an accepted swap moves each configuration with its box."""
+    kB = 0.00831446261815324
+    system = System(terms={"zero": _NoEnergy()}, params={"zero": ()}, masses=np.full(4, 10.0),
+                    positions=np.random.default_rng(0).random((4, 3)), box=np.eye(3) * 2.0, neighbor_cutoff=None,
+                    kB=kB)
+    temps = (300.0, 600.0)
+    sim = ensemble.replica_simulation(system, list(temps), 0.001, seed=0, precision="double")
+    beta = 1.0 / (kB * np.asarray(temps))
+    pressure = 0.5  # kJ/mol/nm^3
+    exchange = ensemble.ReplicaExchange(1, seed=5, pressure=pressure)
+    rng = np.random.default_rng(1)
+    outcomes = set()
+    for attempt in range(40):
+        sides = 1.5 + rng.random(2)  # cubic boxes of different volumes
+        boxes = np.stack([np.eye(3) * a for a in sides])
+        sim.state = sim.state._replace(box=jnp.asarray(boxes), positions=sim.state.positions + 0.0)
+        x_before = np.asarray(sim.state.positions).copy()
+        before = exchange.stats.probability_sum.copy() if exchange.stats is not None else np.zeros(1)
+        accepted = exchange.attempt(sim)
+        if attempt % 2:  # odd attempts try the pair (1, 2), which two replicas do not have
+            continue
+        v = sides**3
+        expected = min(1.0, math.exp(-(beta[0] - beta[1]) * pressure * (v[1] - v[0])))
+        assert exchange.stats.probability_sum[0] - before[0] == pytest.approx(expected, rel=1e-9)
+        after_boxes, after_x = np.asarray(sim.state.box), np.asarray(sim.state.positions)
+        if accepted[0]:
+            np.testing.assert_array_equal(after_boxes, boxes[::-1])
+            np.testing.assert_array_equal(after_x, x_before[::-1])
+        else:
+            np.testing.assert_array_equal(after_boxes, boxes)
+        outcomes.add(bool(accepted[0]))
+    assert outcomes == {True, False}
