@@ -76,3 +76,16 @@ def scatter_differences(vectors: Array, plus, minus, n_atoms: int) -> Array:
         return jnp.zeros((n_atoms,) + vectors.shape[1:], vectors.dtype).at[plus].add(vectors).at[minus].add(-vectors)
     matrix = incidence_matrix(plus, minus, n_atoms, vectors.dtype)
     return jnp.matmul(matrix.T, vectors, precision=jax.lax.Precision.HIGHEST)
+
+
+def take_rows(values: Array, index) -> Array:
+    """values[index] for a static (host) index (K,) into values (N, ...): a product with a constant (K, N) one-hot
+    matrix when N <= DENSE_MAX_ATOMS (under ``vmap`` over replicas one matrix product, not a batched gather)."""
+    n = values.shape[0]
+    if n > DENSE_MAX_ATOMS:
+        return values[index]
+    one_hot = np.zeros((len(index), n), dtype=np.dtype(values.dtype))
+    one_hot[np.arange(len(index)), index] = 1.0
+    flat = values.reshape(n, -1)
+    return jnp.matmul(jnp.asarray(one_hot), flat, precision=jax.lax.Precision.HIGHEST).reshape(
+        (len(index),) + values.shape[1:])

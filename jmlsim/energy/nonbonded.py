@@ -32,7 +32,7 @@ import numpy as np
 from jax.scipy.special import erf, erfc
 
 from jmlsim import space
-from jmlsim.energy.differences import differences
+from jmlsim.energy.differences import DENSE_MAX_ATOMS, differences, scatter_differences, take_rows
 from jmlsim.energy.pme import PMEReciprocal, ewald_self_energy, neutralizing_energy
 
 Array = jnp.ndarray
@@ -293,14 +293,57 @@ class Nonbonded:
         energy = jnp.sum(jnp.where(keep, u, zero), axis=1)
         return energy, (pair_force_rows(jnp.where(keep, f_over_r, zero), dr) if with_forces else None)
 
+    def _small_pairs(self):
+        """Static (i, j) arrays, i < j, of the pairs a small system without neighbor list sums over; excluded pairs
+        are left out here when the exclusion band is static (host numpy), else masked in the sum."""
+        i, j = np.triu_indices(self.n_atoms, 1)
+        if isinstance(self.band, np.ndarray):
+            keep = ~dense_exclusions(self.band, self.band_width)[i, j]
+            i, j = i[keep], j[keep]
+        return i.astype(np.int32), j.astype(np.int32)
+
+    def _small_pair_terms(self, params: NonbondedParams, positions: Array, box: Optional[Array]):
+        """Energy and forces of a small system (N <= DENSE_MAX_ATOMS, no neighbor list) over the list of unique
+        pairs: differences, parameter lookups and the force scatter are products with constant incidence
+        matrices, and every pair array has the pair axis (N(N-1)/2 long) as its minor axis. Under ``vmap`` over
+        replicas of a 22-atom molecule this is ~4x faster than the N x N dense sum (whose minor axis is N)."""
+        i, j = self._small_pairs()
+        n = positions.shape[0]
+        d = differences(positions, i, j)  # x_i - x_j, (K, 3)
+        if self.periodic:
+            d = space.minimum_image(d, box, self.triclinic)
+        r2 = jnp.sum(d * d, axis=-1)
+        keep = jnp.ones(r2.shape, bool)
+        if not isinstance(self.band, np.ndarray):  # a traced band (molecule batches): mask the excluded pairs
+            w = self.band_width
+            offset = j - i  # > 0
+            flat = i * (2 * w + 1) + np.minimum(offset, w) + w
+            keep = ~(jnp.asarray(offset <= w) & self.band.reshape(-1)[flat])
+        if self.cutoff is not None:
+            keep = keep & (r2 < self.cutoff**2)
+        r2 = jnp.where(keep, r2, 1.0)
+        root_eps = _safe_sqrt(params.epsilon)
+        per_atom = jnp.stack([params.charge, params.sigma, root_eps], axis=-1)  # (N, 3): one lookup per side
+        a, b = take_rows(per_atom, i), take_rows(per_atom, j)
+        u, f_over_r = self._pair(r2, a[:, 0] * b[:, 0], 0.5 * (a[:, 1] + b[:, 1]), a[:, 2] * b[:, 2])
+        zero = jnp.zeros_like(u)
+        energy = jnp.sum(jnp.where(keep, u, zero))
+        forces = scatter_differences(jnp.where(keep, f_over_r, zero)[:, None] * d, i, j, n)
+        return energy, forces
+
     def direct_energy(self, params: NonbondedParams, positions: Array, box: Optional[Array], nbrs=None) -> Array:
         """The direct-space pair sum (kJ/mol); each pair appears in two rows, hence 1/2."""
+        if nbrs is None and self.n_atoms <= DENSE_MAX_ATOMS:
+            return self._small_pair_terms(params, positions, box)[0]
         rows = pair_row_sums(lambda r, i: self._pair_rows(params, positions, box, r, i, with_forces=False)[0],
                              self.n_atoms, nbrs)
         return 0.5 * jnp.sum(rows)
 
     def direct_forces(self, params: NonbondedParams, positions: Array, box: Optional[Array], nbrs=None) -> Array:
-        """Analytic forces (N, 3) kJ/mol/nm of the direct-space pair sum (row sums, no scatter)."""
+        """Analytic forces (N, 3) kJ/mol/nm of the direct-space pair sum (row sums, no scatter; small systems
+        without neighbor list: the unique-pair sum)."""
+        if nbrs is None and self.n_atoms <= DENSE_MAX_ATOMS:
+            return self._small_pair_terms(params, positions, box)[1]
         return pair_row_sums(lambda r, i: self._pair_rows(params, positions, box, r, i)[1], self.n_atoms, nbrs)
 
     # -- the rest: exceptions, far exclusions, PME reciprocal, corrections ----------------------------
