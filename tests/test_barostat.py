@@ -314,6 +314,7 @@ def test_water_run_with_barostat(water):
 
 
 
+@pytest.mark.slow
 def test_water_replicas_with_barostat_equal_lone_runs(water):
     """NPT replicas of the PME water box (per-replica boxes, neighbor lists rebuilt at each trial box) follow the
     same trajectories and volume moves as lone NPT runs with the same seeds."""
