@@ -116,3 +116,39 @@ def test_small_system_unique_pair_sum_equals_the_n_by_n_sum(method, periodic, tr
         np.testing.assert_allclose(np.asarray(getattr(g_small, name)), np.asarray(getattr(g_full, name)),
                                    rtol=1e-9, atol=1e-12, err_msg=name)
     assert e_full != 0.0 and np.abs(f_full).max() > 1.0
+
+
+@pytest.mark.parametrize("method", ["nocutoff", "pme"])
+def test_exception_forces_are_minus_the_gradient_of_their_energy(method):
+    """The analytic exception-pair forces (LJ + Coulomb with each exception's parameters, and for PME the removal
+    of the reciprocal sum's erf term) against autodiff of the exception energy, and the energy against a loop."""
+    import math
+
+    from jmlsim.energy.nonbonded import ONE_4PI_EPS0, Nonbonded, NonbondedParams
+    from jmlsim.energy.pme import PMEReciprocal
+
+    rng = np.random.default_rng(5)
+    n = 40
+    x = jnp.asarray(rng.random((n, 3)) * 2.0)
+    pairs = np.array([(k, k + 3) for k in range(0, n - 3, 2)])
+    e = len(pairs)
+    kwargs = dict(cutoff=0.9, periodic=True, pme=PMEReciprocal(3.2, (16, 16, 16))) if method == "pme" else {}
+    term = Nonbonded.create(method, n, pairs, **kwargs)
+    params = NonbondedParams(charge=jnp.asarray(rng.normal(0, 0.5, n)), sigma=jnp.full(n, 0.3),
+                             epsilon=jnp.full(n, 0.5), exception_charge_product=jnp.asarray(rng.normal(0, 0.2, e)),
+                             exception_sigma=jnp.asarray(rng.uniform(0.2, 0.35, e)),
+                             exception_epsilon=jnp.asarray(rng.uniform(0.0, 0.8, e)))
+    energy, forces = jax.jit(term._exception_terms)(params, x)
+    autodiff = -jax.grad(lambda y: term._exception_terms(params, y, with_forces=False)[0])(x)
+    np.testing.assert_allclose(np.asarray(forces), np.asarray(autodiff), rtol=0, atol=1e-10 * np.abs(autodiff).max())
+    expected = 0.0
+    q = np.asarray(params.charge)
+    for k, (i, j) in enumerate(pairs):
+        r = float(np.linalg.norm(np.asarray(x[i] - x[j])))
+        s6 = (float(params.exception_sigma[k]) / r) ** 6
+        expected += 4 * float(params.exception_epsilon[k]) * (s6 * s6 - s6)
+        expected += ONE_4PI_EPS0 * float(params.exception_charge_product[k]) / r
+        if method == "pme":
+            expected -= ONE_4PI_EPS0 * q[i] * q[j] * math.erf(3.2 * r) / r
+    assert float(energy) == pytest.approx(expected, rel=1e-12)
+    assert np.abs(np.asarray(forces)).max() > 1.0

@@ -17,7 +17,8 @@ atoms close in index (|i - j| <= 32 in DHFR), so a per-atom band of width 2W+1 a
 one gather; the rare excluded pairs farther apart in index are subtracted explicitly instead.
 
 Units: nm, kJ/mol, e. Parameters are a :class:`NonbondedParams` pytree (all differentiable). The direct-space
-forces are analytic row sums over the full neighbor list; the rest comes from autodiff.
+forces are analytic row sums over the full neighbor list, the exception pairs and PME's reciprocal sum are analytic too;
+the rest (far exclusions, box-only terms) comes from autodiff.
 """
 
 from __future__ import annotations
@@ -347,24 +348,38 @@ class Nonbonded:
         return pair_row_sums(lambda r, i: self._pair_rows(params, positions, box, r, i)[1], self.n_atoms, nbrs)
 
     # -- the rest: exceptions, far exclusions, PME reciprocal, corrections ----------------------------
+    def _exception_terms(self, params: NonbondedParams, positions: Array, with_forces: bool = True):
+        """Energy (kJ/mol) and analytic forces (N, 3) (None unless with_forces) of the exception pairs: LJ +
+        Coulomb with each exception's own parameters, no cutoff and no periodic images (OpenMM's default), and
+        for PME minus the reciprocal sum's k q_i q_j erf(alpha r) / r, which must not act on excluded pairs."""
+        i, j = self.exceptions[:, 0], self.exceptions[:, 1]
+        d = differences(positions, i, j)  # x_i - x_j, (E, 3)
+        r2 = jnp.sum(d * d, axis=-1)
+        r = jnp.sqrt(r2)
+        s6 = (params.exception_sigma**2 / r2) ** 3
+        eps, kqq = params.exception_epsilon, ONE_4PI_EPS0 * params.exception_charge_product
+        u = 4.0 * eps * (s6 * s6 - s6) + kqq / r
+        f_over_r = (24.0 * eps * (2.0 * s6 * s6 - s6) + kqq / r) / r2  # -du/dr / r
+        if self.method == "pme":
+            alpha = self.pme.alpha
+            kqq_grid = ONE_4PI_EPS0 * params.charge[i] * params.charge[j]
+            e = erf(alpha * r)
+            u = u - kqq_grid * e / r
+            f_over_r = f_over_r - kqq_grid * (e / r - 2.0 * alpha / math.sqrt(math.pi) * jnp.exp(-alpha * alpha * r2)) / r2
+        forces = scatter_differences(f_over_r[:, None] * d, i, j, positions.shape[0]) if with_forces else None
+        return jnp.sum(u), forces
+
     def _corrections(self, params: NonbondedParams, positions: Array, box: Optional[Array],
-                     reciprocal: bool = True) -> Array:
+                     reciprocal: bool = True, exceptions: bool = True) -> Array:
         """Everything except the direct pair sum (small index lists and grids: autodiff is cheap here); without
-        the PME reciprocal sum when ``reciprocal`` is False (forces take it from :meth:`PMEReciprocal.forces`)."""
+        the PME reciprocal sum when ``reciprocal`` is False (forces take it from :meth:`PMEReciprocal.forces`)
+        and without the exception pairs when ``exceptions`` is False (forces take them from
+        :meth:`_exception_terms`)."""
         dtype = positions.dtype
         energy = jnp.zeros((), dtype)
         q = params.charge
-        if len(self.exceptions):
-            i, j = self.exceptions[:, 0], self.exceptions[:, 1]
-            d = differences(positions, j, i)
-            r2 = jnp.sum(d * d, axis=-1)
-            r = jnp.sqrt(r2)
-            s6 = (params.exception_sigma**2 / r2) ** 3
-            energy = energy + jnp.sum(4.0 * params.exception_epsilon * (s6 * s6 - s6)
-                                      + ONE_4PI_EPS0 * params.exception_charge_product / r)
-            if self.method == "pme":
-                # the reciprocal sum includes every pair; excluded and exception pairs must not see it
-                energy = energy - ONE_4PI_EPS0 * jnp.sum(q[i] * q[j] * erf(self.pme.alpha * r) / r)
+        if exceptions and len(self.exceptions):
+            energy = energy + self._exception_terms(params, positions, with_forces=False)[0]
         if len(self.far_exclusions):
             # excluded pairs outside the lookup band were counted by the pair sum: take them out again
             i, j = self.far_exclusions[:, 0], self.far_exclusions[:, 1]
@@ -408,9 +423,11 @@ class Nonbonded:
         return self.direct_energy(params, positions, box, nbrs) + self._corrections(params, positions, box)
 
     def forces(self, params: NonbondedParams, positions: Array, box: Optional[Array], nbrs=None) -> Array:
-        """Forces (N, 3) kJ/mol/nm: analytic for the pair sum (row sums) and PME's reciprocal sum, autodiff for
-        the rest."""
+        """Forces (N, 3) kJ/mol/nm: analytic for the pair sum (row sums), PME's reciprocal sum and the exception
+        pairs, autodiff for the rest (far exclusions; box-only terms)."""
         forces = self.direct_forces(params, positions, box, nbrs)
         if self.method == "pme":
             forces = forces + self.pme.forces(params.charge, positions, box)
-        return forces - jax.grad(self._corrections, argnums=1)(params, positions, box, False)
+        if len(self.exceptions):
+            forces = forces + self._exception_terms(params, positions)[1]
+        return forces - jax.grad(self._corrections, argnums=1)(params, positions, box, False, False)
