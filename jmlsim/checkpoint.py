@@ -37,8 +37,9 @@ def _describe(sim) -> dict:
         # the Constraints object holds arrays: record its size, not its contents
         "integrator_settings": {f.name: getattr(sim.integrator, f.name) for f in dataclasses.fields(sim.integrator)
                                 if f.name != "constraints"},
+        # per replica for a molecule batch (ConstraintsBatch), one count otherwise
         "constraints": 0 if getattr(sim.integrator, "constraints", None) is None
-        else int(sim.integrator.constraints.n_constraints),
+        else np.asarray(sim.integrator.constraints.n_constraints).tolist(),
         "precision": sim.precision,
     }
 

@@ -230,6 +230,29 @@ def _check_writable(path: str, what: str, overwrite: bool) -> None:
         raise InputError(f"{what} {path} exists (use --overwrite to replace it, or --resume)")
 
 
+def _prepare_outputs(args, outputs: list, log_path: str, main_process: bool = True):
+    """Check the run's output files before anything is written: on --resume the checkpoint's metadata (validated,
+    returned) and existing outputs that will be continued; otherwise files that may be (over)written. Returns the
+    checkpoint metadata or None."""
+    from jmlsim import checkpoint as ckpt
+
+    if args.resume and not args.checkpoint:
+        raise InputError("--resume needs --checkpoint")
+    if args.resume:
+        meta, _ = ckpt.read_metadata(args.checkpoint)  # validates before any file is touched
+        for path in outputs + [log_path]:
+            if not os.path.exists(path):
+                raise InputError(f"cannot resume: {path} is missing")
+            _check_writable(path, "output", overwrite=True)
+        return meta
+    if main_process:  # in a multi-process run only process 0 writes
+        for path in outputs + [log_path]:
+            _check_writable(path, "output", overwrite=args.overwrite)
+        if args.checkpoint:
+            _check_writable(args.checkpoint, "checkpoint", overwrite=args.overwrite)
+    return None
+
+
 def _simulation(system, integrator, **kwargs):
     """Simulation(...), with its ValueErrors (e.g. cutoff + skin too long for the box) reported as bad input."""
     from jmlsim.simulation import Simulation
@@ -324,21 +347,8 @@ def cmd_simulate(args) -> None:
     except ValueError as exc:
         raise InputError(str(exc)) from None
     log_path = args.log or os.path.splitext(args.out)[0] + ".csv"
-    if args.resume and not args.checkpoint:
-        raise InputError("--resume needs --checkpoint")
     outputs = [replica_path(args.out, r) for r in (range(args.replicas) if args.replicas else [None])]
-    meta = None
-    if args.resume:
-        meta, _ = ckpt.read_metadata(args.checkpoint)  # validates before any file is touched
-        for path in outputs + [log_path]:
-            if not os.path.exists(path):
-                raise InputError(f"cannot resume: {path} is missing")
-            _check_writable(path, "output", overwrite=True)
-    elif main_process:  # in a multi-process run only process 0 writes
-        for path in outputs + [log_path]:
-            _check_writable(path, "output", overwrite=args.overwrite)
-        if args.checkpoint:
-            _check_writable(args.checkpoint, "checkpoint", overwrite=args.overwrite)
+    meta = _prepare_outputs(args, outputs, log_path, main_process)
     temperatures = _replica_temperatures(args, temperature)
     if temperatures is not None:
         if args.integrator != "langevin":
@@ -475,8 +485,7 @@ def _simulate_molecules(args) -> None:
     other = [f for f in ("prmtop", "pdb", "gro", "potential", "lj") if getattr(args, f)]
     if other:
         raise InputError(f"--molecules replaces the system: drop --{other[0]}")
-    unsupported = [flag for flag, on in (("--replicas", args.replicas), ("--resume", args.resume),
-                                         ("--checkpoint", args.checkpoint), ("--pressure", args.pressure is not None),
+    unsupported = [flag for flag, on in (("--replicas", args.replicas), ("--pressure", args.pressure is not None),
                                          ("--exchange-interval", args.exchange_interval),
                                          ("--temperatures", args.temperatures), ("--hmr", args.hmr),
                                          ("--temperature-max", args.temperature_max)) if on]
@@ -497,8 +506,10 @@ def _simulate_molecules(args) -> None:
     stem, ext = os.path.splitext(args.out)
     outputs = [f"{stem}_{name}{ext}" for name in names]
     log_path = args.log or stem + ".csv"
-    for path in outputs + [log_path]:
-        _check_writable(path, "output", overwrite=args.overwrite)
+    meta = _prepare_outputs(args, outputs, log_path)
+    if meta is not None and meta.get("molecules") != names:
+        raise InputError(f"checkpoint {args.checkpoint} holds the molecules {meta.get('molecules')}, "
+                         f"the library now loads {names}")
     batch = mb.batch_systems(systems, names)
     # flexible bonds to hydrogen need 1 fs; constrained ones take the usual 2 fs
     default_fs = 1.0 if batch.constraints is None else 2.0
@@ -506,20 +517,38 @@ def _simulate_molecules(args) -> None:
     temperature = args.temperature if args.temperature is not None else 300.0
     sim = mb.molecule_simulation(batch, temperature, timestep, args.friction, seed=args.seed,
                                  precision=args.precision, devices=args.devices)
-    minimization = None
-    if args.minimize:  # every molecule on its own, in one vmapped L-BFGS
+    minimization, frames = None, {"n": 0}
+    if meta is not None:
+        from jmlsim import checkpoint as ckpt
+        frames["n"] = int(ckpt.load(args.checkpoint, sim)["frames"])
+    elif args.minimize:  # every molecule on its own, in one vmapped L-BFGS
         from jmlsim.minimize import minimize
         minimization = minimize(sim, 10.0)
-    trajectory = mb.MoleculeTrajectoryReporter(outputs, batch.topologies, batch.n_atoms)
-    log = LogReporter(log_path, False, len(names))
+    resumed = meta is not None
+    trajectory = mb.MoleculeTrajectoryReporter(outputs, batch.topologies, batch.n_atoms,
+                                               keep_frames=frames["n"] if resumed else None)
+    log = LogReporter(log_path, False, len(names), keep_until_step=sim.step if resumed else None)
+
+    class _FrameCounter:
+        def report(self, frame):
+            frames["n"] += 1
+
+    def write_checkpoint(s):
+        from jmlsim import checkpoint as ckpt
+        ckpt.save(args.checkpoint, s, {"frames": frames["n"], "molecules": names})
+
+    steps_left = max(args.steps - sim.step, 0)
     try:
-        timing = sim.run(args.steps, args.report_interval, [trajectory, log], progress=not args.no_progress)
+        timing = sim.run(steps_left, args.report_interval, [trajectory, log, _FrameCounter()],
+                         progress=not args.no_progress, checkpoint=write_checkpoint if args.checkpoint else None,
+                         checkpoint_every=args.checkpoint_interval)
     finally:
         trajectory.close()
         log.close()
-    frame = sim.frame(timing["final_potential"])
+    potential = timing["final_potential"]
+    frame = sim.frame(None if potential is None else potential)
     result = {
-        "atoms": int(batch.n_atoms.sum()), "steps": sim.step, "replicas": len(names),
+        "atoms": int(batch.n_atoms.sum()), "steps": sim.step, "steps_run": steps_left, "replicas": len(names),
         "timestep_fs": timestep * units.FS_PER_PS, "compile_s": timing["compile_s"], "wall_s": timing["wall_s"],
         "ns_per_day": units.ns_per_day(timestep, timing["steps_per_s"]), "steps_per_s": timing["steps_per_s"],
         "final_potential": float(np.mean(frame.potential)), "final_temperature_k": float(np.mean(frame.temperature)),

@@ -267,12 +267,14 @@ def molecule_energies(batch: MoleculeBatch, positions=None, precision_dtype=jnp.
 class MoleculeTrajectoryReporter:
     """One mdtraj-readable trajectory per molecule with its own topology (real atoms only), flushed per report."""
 
-    def __init__(self, paths: Sequence[str], topologies: Sequence[Any], n_atoms: Sequence[int]):
+    def __init__(self, paths: Sequence[str], topologies: Sequence[Any], n_atoms: Sequence[int],
+                 keep_frames: Optional[int] = None):
+        """keep_frames: on resume, keep that many frames of each existing file and append."""
         from jmlsim.io.trajectory import generic_topology, open_writer
 
         self.paths = list(paths)
         self.n_atoms = [int(n) for n in n_atoms]
-        self.writers = [open_writer(path, top if top is not None else generic_topology(n))
+        self.writers = [open_writer(path, top if top is not None else generic_topology(n), keep_frames)
                         for path, top, n in zip(self.paths, topologies, self.n_atoms)]
 
     def report(self, frame) -> None:

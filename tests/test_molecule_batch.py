@@ -217,3 +217,27 @@ def test_cli_simulates_a_library_directory(tmp_path, capsys):
         pairs, lengths = system.constraints.pairs, system.constraints.distances
         np.testing.assert_allclose(mdtraj.compute_distances(traj, pairs), np.broadcast_to(lengths, (2, len(lengths))),
                                    rtol=1e-4)
+
+
+def test_cli_library_checkpoint_and_resume_continue_the_same_run(tmp_path, capsys):
+    """A library run stopped at a checkpoint and resumed writes the frames an uninterrupted run writes; a checkpoint
+    of another library is refused with one line."""
+    common = ["simulate", "--molecules", f"{PEPTIDES}/library.txt", "--report-interval", "20", "--no-progress",
+              "--json", "--seed", "4"]
+    assert main(common + ["--steps", "40", "--out", str(tmp_path / "straight.h5")]) == 0
+    part = common + ["--out", str(tmp_path / "part.h5"), "--checkpoint", str(tmp_path / "lib.npz")]
+    assert main(part + ["--steps", "20"]) == 0
+    capsys.readouterr()
+    assert main(part + ["--steps", "40", "--resume"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["steps"] == 40 and result["steps_run"] == 20
+    for name in ("GA", "AGS", "GGG", "KA"):
+        straight = mdtraj.load(str(tmp_path / f"straight_{name}.h5"))
+        resumed = mdtraj.load(str(tmp_path / f"part_{name}.h5"))
+        assert resumed.n_frames == straight.n_frames == 2
+        np.testing.assert_allclose(resumed.xyz, straight.xyz, rtol=0, atol=1e-5)
+    (tmp_path / "two.txt").write_text(f"{PEPTIDES}/GA.pdb\n{PEPTIDES}/KA.pdb\n")
+    code = main(["simulate", "--molecules", str(tmp_path / "two.txt"), "--steps", "40", "--out",
+                 str(tmp_path / "part.h5"), "--checkpoint", str(tmp_path / "lib.npz"), "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "holds the molecules" in err[-1]
