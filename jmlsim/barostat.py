@@ -140,11 +140,13 @@ class BarostatStats:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class MonteCarloBarostat:
-    """Monte Carlo barostat for a single-system :class:`jmlsim.simulation.Simulation` with a periodic box.
+    """Monte Carlo barostat for a :class:`jmlsim.simulation.Simulation` with a periodic box (one system or a
+    replica batch).
 
     pressure_bar: target pressure, bar. temperature_k: the temperature of the acceptance test, K (should
-    match the thermostat's); for a replica batch also a sequence of R per-replica temperatures. frequency: steps between attempts. mode: 'isotropic' (all lattice vectors scaled
-    together) or 'anisotropic' (one of x, y, z scaled per attempt, like MonteCarloAnisotropicBarostat).
+    match the thermostat's); for a replica batch also a sequence of R per-replica temperatures.
+    frequency: steps between attempts. mode: 'isotropic' (all lattice vectors scaled together) or 'anisotropic'
+    (one of x, y, z scaled per attempt, like MonteCarloAnisotropicBarostat).
     seed: seed of the barostat's own random stream. initial_max_delta: starting maximum volume change, nm^3
     (default 0.01 V, as OpenMM). adapt: adjust max_delta towards 25-75 % acceptance.
     The mutable part (counters, max_delta, random stream) is ``stats`` (a :class:`BarostatStats`). In a replica

@@ -498,14 +498,16 @@ class ConstraintsBatch:
             pairs.append(p)
             lengths = np.linalg.norm(positions[r, extra[:, 0]] - positions[r, extra[:, 1]], axis=-1)
             distances.append(np.concatenate([np.zeros(0) if c is None else c.distances, lengths]))
-            own = np.arange(width) if c is None or c.coupling is None else None
-            if own is not None:  # no preconditioner: the identity
-                rows.append(own), cols.append(own), values.append(np.ones(width))
-            else:
+            if c is None or c.coupling is None:  # no preconditioner: the identity
+                coupling = Coupling(np.arange(width), np.arange(width), np.ones(width))
+            else:  # the molecule's own, and the identity on its padding rows
                 pad_rows = np.arange(counts[r], width)
-                rows.append(np.concatenate([c.coupling.rows, pad_rows]))
-                cols.append(np.concatenate([c.coupling.cols, pad_rows]))
-                values.append(np.concatenate([c.coupling.values, np.ones(len(pad_rows))]))
+                coupling = Coupling(np.concatenate([c.coupling.rows, pad_rows]),
+                                    np.concatenate([c.coupling.cols, pad_rows]),
+                                    np.concatenate([c.coupling.values, np.ones(len(pad_rows))]))
+            rows.append(coupling.rows)
+            cols.append(coupling.cols)
+            values.append(coupling.values)
         nnz = max(len(v) for v in values)
         fill = lambda arrays, value: np.stack([np.concatenate([a, np.full(nnz - len(a), value, a.dtype)])
                                                for a in arrays])

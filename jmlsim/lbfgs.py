@@ -169,8 +169,10 @@ def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: 
         f = system.forces(params, xf, bf, None).astype(x.dtype)
         if cons:
             pairs, lengths = cons[0], cons[1].astype(x.dtype)
-            pe, pg = jax.value_and_grad(
-                lambda y: penalty * jnp.sum((jnp.linalg.norm(y[pairs[:, 0]] - y[pairs[:, 1]], axis=-1) - lengths) ** 2))(x)
+            def penalty_energy(y):
+                r = jnp.linalg.norm(y[pairs[:, 0]] - y[pairs[:, 1]], axis=-1)
+                return penalty * jnp.sum((r - lengths) ** 2)
+            pe, pg = jax.value_and_grad(penalty_energy)(x)
             e, f = e + pe, f - pg
         return e, f
 

@@ -13,8 +13,8 @@ Supported terms: harmonic bonds and angles, periodic torsions, NonbondedForce wi
 — what ligands and peptides in vacuum or implicit solvent use. Bond constraints (HBonds, AllBonds, HAngles; not
 rigid water) differ per molecule too (:class:`jmlsim.constraints.ConstraintsBatch`): each molecule's list is padded
 with constraints between pairs of its own padding atoms, so a molecule with fewer constraints gets at least two
-padding atoms per missing row. Langevin dynamics only. Per-molecule trajectories carry each molecule's own topology (real atoms
-only); kinetic energies and temperatures count real atoms only.
+padding atoms per missing row. Langevin dynamics only. Per-molecule trajectories carry each molecule's own
+topology (real atoms only); kinetic energies and temperatures count real atoms only.
 """
 
 from __future__ import annotations
