@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jmlsim.distributed import is_main_process, to_host
 from jmlsim.errors import InputError
 from jmlsim.io.atomic import atomic_write
 from jmlsim.neighbors import NeighborListSpec
@@ -24,8 +25,9 @@ FORMAT = "jmlsim-checkpoint-1"
 
 
 def _named_leaves(tree, prefix: str) -> dict:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {prefix + jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf)) for path, leaf in leaves}
+    # to_host gathers arrays sharded over several processes (a collective: every process must call save)
+    leaves = jax.tree_util.tree_flatten_with_path(to_host(tree))[0]
+    return {prefix + jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
 def _describe(sim) -> dict:
@@ -45,7 +47,10 @@ def _describe(sim) -> dict:
 
 
 def save(path: str, sim, extra: dict | None = None) -> None:
-    """Atomically write ``sim``'s state, neighbor list and metadata (plus ``extra``) to ``path``."""
+    """Atomically write ``sim``'s state, neighbor list and metadata (plus ``extra``) to ``path``.
+
+    In a multi-process run every process calls this (the state is gathered from all of them) and process 0
+    alone writes; to resume, every process reads the file (it must be on a file system they all see)."""
     arrays = _named_leaves(sim.state, "state")
     if sim.nbrs is not None:
         arrays.update(_named_leaves(sim.nbrs, "neighbors"))
@@ -53,7 +58,8 @@ def save(path: str, sim, extra: dict | None = None) -> None:
     if sim.spec is not None:
         meta["neighbor_spec"] = dataclasses.asdict(sim.spec)
     arrays["metadata"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    atomic_write(path, lambda handle: np.savez(handle, **arrays), suffix=".npz")
+    if is_main_process():
+        atomic_write(path, lambda handle: np.savez(handle, **arrays), suffix=".npz")
 
 
 def read_metadata(path: str) -> tuple[dict, dict]:

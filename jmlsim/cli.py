@@ -240,7 +240,7 @@ def _prepare_outputs(args, outputs: list, log_path: str, main_process: bool = Tr
         raise InputError("--resume needs --checkpoint")
     if args.resume:
         meta, _ = ckpt.read_metadata(args.checkpoint)  # validates before any file is touched
-        for path in outputs + [log_path]:
+        for path in (outputs + [log_path]) if main_process else []:  # the files process 0 continues
             if not os.path.exists(path):
                 raise InputError(f"cannot resume: {path} is missing")
             _check_writable(path, "output", overwrite=True)
@@ -392,11 +392,12 @@ def cmd_simulate(args) -> None:
     if meta is not None:
         meta = ckpt.load(args.checkpoint, sim)
         frames_done = int(meta["frames"])
-        if barostat is not None and meta.get("barostat") is not None:
-            try:
-                barostat.load_state_dict(meta["barostat"])
-            except ValueError as exc:
-                raise InputError(f"checkpoint {args.checkpoint}: {exc}") from None
+        try:
+            for move, key in ((barostat, "barostat"), (exchange, "exchange")):
+                if move is not None and meta.get(key) is not None:
+                    move.load_state_dict(meta[key])
+        except ValueError as exc:
+            raise InputError(f"checkpoint {args.checkpoint}: {exc}") from None
     elif args.minimize and not args.replicas:
         from jmlsim.minimize import minimize
         minimize(sim, 1e-2 if reduced else 10.0)
@@ -418,8 +419,11 @@ def cmd_simulate(args) -> None:
 
     def write_checkpoint(s):
         extra = {"frames": frames["n"]}
-        if barostat is not None:  # so a resumed NPT run continues the same chain of volume moves
+        # so that a resumed run continues the same chains of volume moves and exchanges
+        if barostat is not None:
             extra["barostat"] = barostat.state_dict()
+        if exchange is not None:
+            extra["exchange"] = exchange.state_dict()
         ckpt.save(args.checkpoint, s, extra)
 
     try:
@@ -635,8 +639,7 @@ def _join_processes(args) -> None:
         raise InputError("a multi-process run shards replicas: give --replicas and --devices (all processes' devices)")
     if args.devices % args.num_processes:
         raise InputError(f"--devices {args.devices} do not divide over --num-processes {args.num_processes}")
-    unsupported = [flag for flag, on in (("--checkpoint", args.checkpoint), ("--resume", args.resume),
-                                         ("--molecules", getattr(args, "molecules", None)),
+    unsupported = [flag for flag, on in (("--molecules", getattr(args, "molecules", None)),
                                          ("--minimize", args.minimize),
                                          ("--pressure", getattr(args, "pressure", None) is not None)) if on]
     if unsupported:

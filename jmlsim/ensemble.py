@@ -159,6 +159,32 @@ class ReplicaExchange:
         self.n_attempts = 0
         self._fns: dict = {}
 
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Host-side state (random stream, attempt parity, statistics and walker history) as JSON-ready data, so
+        a run resumed from a checkpoint makes the exchanges the uninterrupted run makes."""
+        st = self.stats
+        stats = None if st is None else {
+            "attempts": st.attempts.tolist(), "accepted": st.accepted.tolist(),
+            "probability_sum": st.probability_sum.tolist(), "walker_at_slot": st.walker_at_slot.tolist(),
+            "round_trips": int(st.round_trips), "trip_stage": st._trip_stage.tolist(),
+            "history": [[int(step), walkers.tolist()] for step, walkers in st.history]}
+        return {"rng": self.rng.bit_generator.state, "n_attempts": self.n_attempts, "stats": stats}
+
+    def load_state_dict(self, data: dict) -> None:
+        """Restore what :meth:`state_dict` wrote (ValueError when it is malformed)."""
+        try:
+            self.rng.bit_generator.state = data["rng"]
+            self.n_attempts = int(data["n_attempts"])
+            d = data["stats"]
+            self.stats = None if d is None else ExchangeStats(
+                np.asarray(d["attempts"], np.int64), np.asarray(d["accepted"], np.int64),
+                np.asarray(d["probability_sum"], float), np.asarray(d["walker_at_slot"], np.int64),
+                int(d["round_trips"]), [(int(step), np.asarray(w, np.int64)) for step, w in d["history"]],
+                np.asarray(d["trip_stage"], np.int8))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed replica-exchange state ({type(exc).__name__}: {exc})") from None
+
     # -- compiled pieces (one per neighbor-list spec, as the run loop's chunks) ----------------------------
     def _cross_energy_fn(self, sim):
         key = ("cross", sim.spec)

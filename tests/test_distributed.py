@@ -74,7 +74,9 @@ def test_two_processes_equal_one(tmp_path):
     (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "0", "--devices", "3"],
      "do not divide"),
     (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "0", "--devices", "2",
-      "--checkpoint", "x.h5"], "--checkpoint is not supported"),
+      "--minimize"], "--minimize is not supported"),
+    (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "0", "--devices", "2",
+      "--pressure", "1"], "--pressure is not supported"),
 ])
 def test_bad_multi_process_flags(tmp_path, capsys, extra, message):
     argv = [a for a in COMMON if a != "--json"] + ["--out", str(tmp_path / "t.dcd")] + extra
@@ -83,3 +85,40 @@ def test_bad_multi_process_flags(tmp_path, capsys, extra, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err
+
+
+def _two_processes(args, tmp_path, name):
+    """Run the CLI in two processes (2 CPU devices each, 4 replicas sharded); returns process 0's JSON."""
+    port = _free_port()
+    procs = []
+    for pid in (1, 0):
+        cmd = [sys.executable, "-m", "jmlsim", *args, "--devices", "4", "--coordinator", f"localhost:{port}",
+               "--num-processes", "2", "--process-id", str(pid), "--out", str(tmp_path / name)]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()))
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (stdout, stderr) in zip(procs, results):
+        assert p.returncode == 0, stderr[-2000:]
+    return json.loads(results[1][0])
+
+
+@pytest.mark.slow
+def test_two_processes_checkpoint_and_resume_equal_one_uninterrupted_run(tmp_path):
+    """Every process gathers the sharded state into the checkpoint process 0 writes, every process resumes from
+    it, and the resumed replicas equal one process running all 30 steps at once."""
+    base = [a for a in COMMON if a not in ("--steps", "30")]
+    ckpt = ["--checkpoint", str(tmp_path / "multi.npz")]
+    first = _two_processes(base + ["--steps", "20"] + ckpt, tmp_path, "multi.dcd")
+    assert first["steps"] == 20 and (tmp_path / "multi.npz").exists()
+    resumed = _two_processes(base + ["--steps", "30", "--resume"] + ckpt, tmp_path, "multi.dcd")
+    assert resumed["steps"] == 30 and resumed["steps_run"] == 10
+    single = subprocess.run([sys.executable, "-m", "jmlsim", *base, "--steps", "30", "--out",
+                             str(tmp_path / "single.dcd")], capture_output=True, text=True, env=_env(), timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    single = json.loads(single.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(resumed["final_temperatures_k"], single["final_temperatures_k"], rtol=1e-9)
+    top = ALA + ".pdb"
+    for r in range(4):
+        a = mdtraj.load(str(tmp_path / f"multi_r{r}.dcd"), top=top)
+        b = mdtraj.load(str(tmp_path / f"single_r{r}.dcd"), top=top)
+        assert a.n_frames == b.n_frames == 3
+        np.testing.assert_allclose(a.xyz, b.xyz, atol=1e-5)

@@ -167,6 +167,37 @@ def test_temperature_remd_samples_the_right_populations_of_a_double_well():
     assert (np.array(plain_x.x)[:, 0] > 0).mean() > exact[0] + 0.3  # stuck: what exchange fixes
 
 
+
+def test_exchange_state_in_a_checkpoint_continues_the_same_exchanges(tmp_path):
+    """A REMD run resumed from a checkpoint with the exchange state (stream, parity, statistics, walker history)
+    makes the exchanges of the uninterrupted run; a fresh exchange object would not."""
+    from jmlsim import checkpoint as ckpt
+
+    kTs = (0.4, 0.7, 1.2, 2.0)
+    path = str(tmp_path / "remd.npz")
+
+    def fresh():
+        return (Simulation(double_well(), LangevinBAOAB(0.02, kTs, 2.0), replicas=4, seed=11, precision="double"),
+                ensemble.ReplicaExchange(10, seed=5))
+    sim, exchange = fresh()
+    sim.run(300, 50, moves=[exchange], progress=False)
+    ckpt.save(path, sim, {"exchange": json.loads(json.dumps(exchange.state_dict()))})
+    sim.run(300, 50, moves=[exchange], progress=False)
+    resumed, resumed_exchange = fresh()
+    resumed_exchange.load_state_dict(ckpt.load(path, resumed)["exchange"])
+    resumed.run(300, 50, moves=[resumed_exchange], progress=False)
+    np.testing.assert_allclose(np.asarray(resumed.state.positions), np.asarray(sim.state.positions), atol=1e-12)
+    assert resumed_exchange.stats.summary() == exchange.stats.summary()
+    assert [(s, w.tolist()) for s, w in resumed_exchange.stats.history] == \
+        [(s, w.tolist()) for s, w in exchange.stats.history]
+    forgetful, forgetful_exchange = fresh()
+    ckpt.load(path, forgetful)
+    forgetful.run(300, 50, moves=[forgetful_exchange], progress=False)
+    assert forgetful_exchange.stats.walker_at_slot.tolist() != exchange.stats.walker_at_slot.tolist() or \
+        not np.allclose(np.asarray(forgetful.state.positions), np.asarray(sim.state.positions))
+    with pytest.raises(ValueError, match="malformed"):
+        resumed_exchange.load_state_dict({"rng": resumed_exchange.rng.bit_generator.state})
+
 # -- 3. REMD on alanine dipeptide -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_alanine_dipeptide_remd_acceptance_matches_the_energy_overlap(alanine):

@@ -119,11 +119,25 @@ class MDTrajWriter:
 
         self.path = path
         self.kind = trajectory_format(path)
-        if keep_frames:
-            _cut_back(path, topology, keep_frames)
         cls = mdtraj.formats.DCDTrajectoryFile if self.kind == "dcd" else mdtraj.formats.XTCTrajectoryFile
-        self.file = cls(path, "a" if keep_frames else "w", force_overwrite=True)
         self.step = 0
+        if not keep_frames:
+            self.file = cls(path, "w", force_overwrite=True)
+            return
+        # mdtraj opens DCD and XTC files for reading or writing only, never appending: the kept frames go into a
+        # new file that stays open and then replaces the old one (a crash before the replace leaves the old file)
+        kept = mdtraj.load(path, top=topology)[:keep_frames]
+        fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1], dir=os.path.dirname(os.path.abspath(path)))
+        os.close(fd)
+        try:
+            self.file = cls(tmp, "w", force_overwrite=True)
+            for k in range(kept.n_frames):
+                box = None if kept.unitcell_vectors is None else kept.unitcell_vectors[k]
+                self.write(kept.xyz[k], float(kept.time[k]), box)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def write(self, positions: np.ndarray, time: float, box: Optional[np.ndarray]) -> None:
         xyz = np.asarray(positions, np.float32)[None]
@@ -140,22 +154,6 @@ class MDTrajWriter:
 
     def close(self) -> None:
         self.file.close()
-
-
-def _cut_back(path: str, topology, keep_frames: int) -> None:
-    """Rewrite a DCD/XTC file with only its first keep_frames frames (atomic replace)."""
-    import mdtraj
-
-    traj = mdtraj.load(path, top=topology)[:keep_frames]
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1], dir=directory)
-    os.close(fd)
-    try:
-        traj.save(tmp, force_overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def open_writer(path: str, topology, keep_frames: Optional[int] = None):
