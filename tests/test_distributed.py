@@ -52,19 +52,25 @@ def test_two_processes_equal_one(tmp_path):
     multi = json.loads(main_out)
     assert multi["processes"] == 2 and multi["devices"] == 4 and multi["replicas"] == 4
 
-    single_out = tmp_path / "single.dcd"
-    single = subprocess.run([sys.executable, "-m", "jmlsim", *COMMON, "--out", str(single_out)], capture_output=True,
-                            text=True, env=_env(), timeout=600)
+    single = _one_process_equals(COMMON, multi, tmp_path, "multi0")
+    assert multi["exchange"]["accepted"] == single["exchange"]["accepted"]
+
+
+def _one_process_equals(args, multi: dict, tmp_path, multi_stem: str) -> dict:
+    """Run ``args`` in one process (unsharded) and check that the multi-process run's temperatures and per-replica
+    DCD frames equal it; returns the one-process JSON."""
+    single = subprocess.run([sys.executable, "-m", "jmlsim", *args, "--out", str(tmp_path / "single.dcd")],
+                            capture_output=True, text=True, env=_env(), timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]
     single = json.loads(single.stdout.strip().splitlines()[-1])
-    assert multi["exchange"]["accepted"] == single["exchange"]["accepted"]
     np.testing.assert_allclose(multi["final_temperatures_k"], single["final_temperatures_k"], rtol=1e-9)
     top = ALA + ".pdb"
     for r in range(4):
-        a = mdtraj.load(str(tmp_path / f"multi0_r{r}.dcd"), top=top)
+        a = mdtraj.load(str(tmp_path / f"{multi_stem}_r{r}.dcd"), top=top)
         b = mdtraj.load(str(tmp_path / f"single_r{r}.dcd"), top=top)
         assert a.n_frames == b.n_frames == 3
         np.testing.assert_allclose(a.xyz, b.xyz, atol=1e-5)  # DCD stores float32 Angstrom
+    return single
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -111,14 +117,5 @@ def test_two_processes_checkpoint_and_resume_equal_one_uninterrupted_run(tmp_pat
     assert first["steps"] == 20 and (tmp_path / "multi.npz").exists()
     resumed = _two_processes(base + ["--steps", "30", "--resume"] + ckpt, tmp_path, "multi.dcd")
     assert resumed["steps"] == 30 and resumed["steps_run"] == 10
-    single = subprocess.run([sys.executable, "-m", "jmlsim", *base, "--steps", "30", "--out",
-                             str(tmp_path / "single.dcd")], capture_output=True, text=True, env=_env(), timeout=600)
-    assert single.returncode == 0, single.stderr[-2000:]
-    single = json.loads(single.stdout.strip().splitlines()[-1])
-    np.testing.assert_allclose(resumed["final_temperatures_k"], single["final_temperatures_k"], rtol=1e-9)
-    top = ALA + ".pdb"
-    for r in range(4):
-        a = mdtraj.load(str(tmp_path / f"multi_r{r}.dcd"), top=top)
-        b = mdtraj.load(str(tmp_path / f"single_r{r}.dcd"), top=top)
-        assert a.n_frames == b.n_frames == 3
-        np.testing.assert_allclose(a.xyz, b.xyz, atol=1e-5)
+    single = _one_process_equals(base + ["--steps", "30"], resumed, tmp_path, "multi")
+    assert resumed["exchange"]["accepted"] == single["exchange"]["accepted"]
