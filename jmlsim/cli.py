@@ -549,8 +549,7 @@ def _simulate_molecules(args) -> None:
     finally:
         trajectory.close()
         log.close()
-    potential = timing["final_potential"]
-    frame = sim.frame(None if potential is None else potential)
+    frame = sim.frame(timing["final_potential"])  # None (nothing left to run): computed here
     result = {
         "atoms": int(batch.n_atoms.sum()), "steps": sim.step, "steps_run": steps_left, "replicas": len(names),
         "timestep_fs": timestep * units.FS_PER_PS, "compile_s": timing["compile_s"], "wall_s": timing["wall_s"],
