@@ -217,7 +217,8 @@ class MonteCarloBarostat:
         return self.pressure_bar * (1.0 if system.reduced_units else BAR_TO_KJ_MOL_NM3)
 
     def kT(self, system, replica: Optional[int] = None) -> float:
-        """kB T of the acceptance test (of one replica when the temperatures are per replica)."""
+        """kB T of the acceptance test: of replica ``replica`` when the temperatures are per replica (a single
+        temperature serves every replica)."""
         t = np.asarray(self.temperature_k, float)
         if t.ndim:
             if replica is None:
@@ -409,9 +410,7 @@ class MonteCarloBarostat:
         u_old, u_new, x_new, box_new, f_new, nb_new, _, _ = self._evaluate(sim, scale, boxes)
         u_old, u_new = np.asarray(to_host(u_old), float), np.asarray(to_host(u_new), float)
         pressure, n_mol = self.pressure(sys_), self._n_molecules(sim)
-        per_replica_t = bool(np.ndim(self.temperature_k))
-        accepted = np.array([self._decide(st, t, u_old[r], u_new[r], pressure, n_mol,
-                                          self.kT(sys_, r if per_replica_t else None))
+        accepted = np.array([self._decide(st, t, u_old[r], u_new[r], pressure, n_mol, self.kT(sys_, r))
                              for r, (st, t) in enumerate(zip(self.replica_stats, trials))])
         self.stats.attempts += R
         self.stats.accepted += int(accepted.sum())

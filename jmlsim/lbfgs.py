@@ -29,6 +29,31 @@ def _constraint_pairs(constraints):
     return i, j, length
 
 
+def _penalty_energy(x, i, j, lengths, penalty: float):
+    """penalty * sum (|x_i - x_j| - L)^2 over the constrained distances (kJ/mol)."""
+    r = jnp.linalg.norm(x[i] - x[j], axis=-1)
+    return penalty * jnp.sum((r - jnp.asarray(lengths, x.dtype)) ** 2)
+
+
+def _objective(energy_forces):
+    """A scalar objective x -> E(x) whose gradient is minus the given forces (custom VJP, so the system's analytic
+    forces are used instead of autodiff of the energy). energy_forces(x) -> (E, F, ...)."""
+    @jax.custom_vjp
+    def objective(x):
+        return energy_forces(x)[0]
+    objective.defvjp(lambda x: tuple(energy_forces(x)[:2]), lambda f, g: (-g * f,))
+    return objective
+
+
+def _lbfgs_step(optimizer, objective, x, opt_state):
+    """One optax L-BFGS iteration (with its line search) on ``objective``; returns (x', opt_state')."""
+    import optax
+
+    value, grad = optax.value_and_grad_from_state(objective)(x, state=opt_state)
+    updates, opt_state = optimizer.update(grad, opt_state, x, value=value, grad=grad, value_fn=objective)
+    return optax.apply_updates(x, updates), opt_state
+
+
 def minimize_lbfgs(sim, tolerance: float, max_iterations: int = 2000, chunk: int = 25, memory_size: int = 10,
                    penalty: float = PENALTY) -> dict:
     """Minimize a ``Simulation`` in place (positions and forces; velocities kept).
@@ -52,8 +77,7 @@ def minimize_lbfgs(sim, tolerance: float, max_iterations: int = 2000, chunk: int
     def penalty_energy(x):
         if constraints is None:
             return jnp.zeros((), x.dtype)
-        r = jnp.linalg.norm(x[ci] - x[cj], axis=-1)
-        return penalty * jnp.sum((r - jnp.asarray(clen, x.dtype)) ** 2)
+        return _penalty_energy(x, ci, cj, clen, penalty)
 
     def projected(x, f):
         return f if constraints is None else constraints.velocities(x, f, ones)
@@ -69,19 +93,7 @@ def minimize_lbfgs(sim, tolerance: float, max_iterations: int = 2000, chunk: int
             e = system.energy(params, xf, bf, nb).astype(x.dtype)
             pe, pg = jax.value_and_grad(penalty_energy)(x)
             return e + pe, f - pg, nb
-
-        @jax.custom_vjp
-        def objective(x):
-            return energy_forces(x)[0]
-
-        def fwd(x):
-            e, f, _ = energy_forces(x)
-            return e, f
-
-        def bwd(f, g):
-            return (-g * f,)
-        objective.defvjp(fwd, bwd)
-        return objective, energy_forces
+        return _objective(energy_forces), energy_forces
 
     optimizer = optax.lbfgs(memory_size=memory_size)
 
@@ -94,10 +106,8 @@ def minimize_lbfgs(sim, tolerance: float, max_iterations: int = 2000, chunk: int
             x, opt_state, nb = carry
             if sim.spec is not None:  # keep the list valid as atoms move (rebuild past skin/2)
                 nb = sim.spec.update(nb, x.astype(sim.force_dtype), None if box is None else box.astype(sim.force_dtype))
-            objective, _ = make_objective(params, nb)
-            value, grad = optax.value_and_grad_from_state(objective)(x, state=opt_state)
-            updates, opt_state = optimizer.update(grad, opt_state, x, value=value, grad=grad, value_fn=objective)
-            return (optax.apply_updates(x, updates), opt_state, nb), None
+            x, opt_state = _lbfgs_step(optimizer, make_objective(params, nb)[0], x, opt_state)
+            return (x, opt_state, nb), None
         (x, opt_state, nbrs), _ = jax.lax.scan(body, (x, opt_state, nbrs), None, length=chunk)
         _, f, nbrs = energy_forces(x)
         fmax = jnp.max(jnp.linalg.norm(projected(x, f), axis=-1))
@@ -168,11 +178,8 @@ def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: 
         e = system.energy(params, xf, bf, None).astype(x.dtype)
         f = system.forces(params, xf, bf, None).astype(x.dtype)
         if cons:
-            pairs, lengths = cons[0], cons[1].astype(x.dtype)
-            def penalty_energy(y):
-                r = jnp.linalg.norm(y[pairs[:, 0]] - y[pairs[:, 1]], axis=-1)
-                return penalty * jnp.sum((r - lengths) ** 2)
-            pe, pg = jax.value_and_grad(penalty_energy)(x)
+            pairs, lengths = cons[0], cons[1]
+            pe, pg = jax.value_and_grad(_penalty_energy)(x, pairs[:, 0], pairs[:, 1], lengths, penalty)
             e, f = e + pe, f - pg
         return e, f
 
@@ -182,17 +189,9 @@ def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: 
         return constraints._one(*cons)._velocities_one(x, f, jnp.ones(x.shape[0], x.dtype))
 
     def run_one(params, x, opt_state, box, cons):
-        @jax.custom_vjp
-        def objective(y):
-            return energy_forces(params, y, box, cons)[0]
-        objective.defvjp(lambda y: energy_forces(params, y, box, cons), lambda f, g: (-g * f,))
-
-        def body(carry, _):
-            y, opt = carry
-            value, grad = optax.value_and_grad_from_state(objective)(y, state=opt)
-            updates, opt = optimizer.update(grad, opt, y, value=value, grad=grad, value_fn=objective)
-            return (optax.apply_updates(y, updates), opt), None
-        (x, opt_state), _ = jax.lax.scan(body, (x, opt_state), None, length=chunk)
+        objective = _objective(lambda y: energy_forces(params, y, box, cons))
+        (x, opt_state), _ = jax.lax.scan(lambda c, _: (_lbfgs_step(optimizer, objective, *c), None), (x, opt_state),
+                                         None, length=chunk)
         _, f = energy_forces(params, x, box, cons)
         return x, opt_state, jnp.max(jnp.linalg.norm(projected(x, f, cons), axis=-1))
 

@@ -306,8 +306,8 @@ class Nonbonded:
     def _small_pair_terms(self, params: NonbondedParams, positions: Array, box: Optional[Array]):
         """Energy and forces of a small system (N <= DENSE_MAX_ATOMS, no neighbor list) over the list of unique
         pairs: differences, parameter lookups and the force scatter are products with constant incidence
-        matrices, and every pair array has the pair axis (N(N-1)/2 long) as its minor axis. Under ``vmap`` over
-        replicas of a 22-atom molecule this is ~4x faster than the N x N dense sum (whose minor axis is N)."""
+        matrices, and every pair array has the pair axis (N(N-1)/2 long) as its minor axis instead of N. Measured
+        on 256 vmapped replicas of alanine dipeptide: the nonbonded term 1.03 -> 0.86 ms per force call."""
         i, j = self._small_pairs()
         n = positions.shape[0]
         d = differences(positions, i, j)  # x_i - x_j, (K, 3)
@@ -317,9 +317,8 @@ class Nonbonded:
         keep = jnp.ones(r2.shape, bool)
         if not isinstance(self.band, np.ndarray):  # a traced band (molecule batches): mask the excluded pairs
             w = self.band_width
-            offset = j - i  # > 0
-            flat = i * (2 * w + 1) + np.minimum(offset, w) + w
-            keep = ~(jnp.asarray(offset <= w) & self.band.reshape(-1)[flat])
+            offset = j - i  # > 0; the same band lookup as masked_pairs', with static indices
+            keep = ~(jnp.asarray(offset <= w) & self.band[i, np.minimum(offset, w) + w])
         if self.cutoff is not None:
             keep = keep & (r2 < self.cutoff**2)
         r2 = jnp.where(keep, r2, 1.0)
