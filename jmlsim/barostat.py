@@ -353,7 +353,7 @@ class MonteCarloBarostat:
         """Run the compiled trial at ``scale`` ((3,) or (R, 3)), regrowing the neighbor list until neither list
         overflows; ``boxes`` (host, (3, 3) or (R, 3, 3)) are the current boxes. Returns the trial's outputs."""
         state = sim.state
-        scale_j = jnp.asarray(scale, sim.dtype)
+        scale_j = sim.put(jnp.asarray(scale, sim.dtype))
         for _ in range(10):
             fn = self._trial_fn(sim, sim.params, state.positions, state.box, sim.nbrs, scale_j)
             out = fn(sim.params, state.positions, state.box, sim.nbrs, scale_j)
@@ -417,7 +417,7 @@ class MonteCarloBarostat:
         self.stats.last = {"accepted": accepted.tolist(), "n_molecules": n_mol,
                            "potential": np.where(accepted, u_new, u_old).tolist()}
         if accepted.any():
-            take = jnp.asarray(accepted)
+            take = sim.put(jnp.asarray(accepted))
 
             def pick(new, old):
                 return jnp.where(take.reshape((R,) + (1,) * (old.ndim - 1)), new, old)

@@ -326,7 +326,7 @@ def cmd_simulate(args) -> None:
 
     if getattr(args, "molecules", None):
         return _simulate_molecules(args)
-    from jmlsim.distributed import is_main_process
+    from jmlsim.distributed import is_main_process, same_on_all_processes, to_host
     main_process = is_main_process()
     system = load_system(args)
     reduced = system.reduced_units
@@ -384,7 +384,9 @@ def cmd_simulate(args) -> None:
                            kT=kT0, seed=args.seed, precision=args.precision, skin=_default_skin(args, system),
                            replicas=None, neighbor_capacity=args.neighbor_capacity, devices=None)
         minimize(lone, 1e-2 if reduced else 10.0)
-        system = dataclasses.replace(system, positions=np.asarray(lone.state.positions, np.float64))
+        # every process minimizes the same start; process 0's result is the one all replicas start from
+        system = dataclasses.replace(system, positions=same_on_all_processes(
+            np.asarray(lone.state.positions, np.float64)))
     sim = _simulation(system, integrator, kT=kT, seed=args.seed, precision=args.precision,
                       skin=_default_skin(args, system), replicas=args.replicas,
                       neighbor_capacity=args.neighbor_capacity, devices=args.devices)
@@ -463,7 +465,7 @@ def cmd_simulate(args) -> None:
             _write_walkers(result["exchange"]["walkers"], exchange.stats)
     if barostat is not None:
         from jmlsim.barostat import density
-        boxes, masses = np.asarray(sim.state.box), np.asarray(sim.state.masses)
+        boxes, masses = to_host(sim.state.box), to_host(sim.state.masses)
         densities = ([density(m, b) for m, b in zip(masses, boxes)] if args.replicas else density(masses, boxes))
         result.update({"pressure_bar": args.pressure, "barostat_acceptance": barostat.stats.acceptance_rate,
                        "final_box_nm": boxes.tolist(), "final_density_g_per_cm3": densities})
@@ -638,11 +640,8 @@ def _join_processes(args) -> None:
         raise InputError("a multi-process run shards replicas: give --replicas and --devices (all processes' devices)")
     if args.devices % args.num_processes:
         raise InputError(f"--devices {args.devices} do not divide over --num-processes {args.num_processes}")
-    unsupported = [flag for flag, on in (("--molecules", getattr(args, "molecules", None)),
-                                         ("--minimize", args.minimize),
-                                         ("--pressure", getattr(args, "pressure", None) is not None)) if on]
-    if unsupported:
-        raise InputError(f"{unsupported[0]} is not supported in a multi-process run yet")
+    if getattr(args, "molecules", None):
+        raise InputError("--molecules is not supported in a multi-process run yet")
     # The collectives library (gloo) prints connection notes on the C-level stdout: send them to stderr and
     # keep stdout for the result alone.
     global _result_stream

@@ -54,6 +54,16 @@ def to_host(tree):
     return jax.tree_util.tree_map(one, tree)
 
 
+def same_on_all_processes(x: np.ndarray) -> np.ndarray:
+    """Process 0's value of a host array, in every process (itself in a single-process run). For results each
+    process computes alone that must agree to the bit, e.g. a minimized start structure."""
+    if process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.broadcast_one_to_all(x))
+
+
 def host_local(x):
     """A process-local jax array as numpy (so device_put can place it on a mesh spanning processes); anything
     else unchanged. Every process holds the same value, as the multi-controller model requires."""

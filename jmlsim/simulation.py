@@ -248,15 +248,20 @@ class Simulation:
         if self._sharding is None:
             return state, nbrs, params
         sharded, replicated = self._sharding
-        R = self.replicas
-
-        def put(a):
-            # host_local: a mesh spanning several processes takes host arrays (the same in every process)
-            return jax.device_put(host_local(a), sharded if np.ndim(a) >= 1 and np.shape(a)[0] == R else replicated)
-        on = lambda tree: None if tree is None else jax.tree_util.tree_map(put, tree)
+        on = lambda tree: None if tree is None else jax.tree_util.tree_map(self.put, tree)
         params = None if params is None else jax.tree_util.tree_map(
             lambda a: jax.device_put(host_local(a), sharded if self.params_batched else replicated), params)
         return on(state), on(nbrs), params
+
+    def put(self, a):
+        """One array on the devices as :meth:`place` puts state arrays: sharded when its leading axis is the replica
+        axis, else replicated; unchanged without ``devices``."""
+        if self._sharding is None:
+            return a
+        sharded, replicated = self._sharding
+        # host_local: a mesh spanning several processes takes host arrays (the same in every process)
+        return jax.device_put(host_local(a), sharded if np.ndim(a) >= 1 and np.shape(a)[0] == self.replicas
+                              else replicated)
 
     # -- compiled pieces ------------------------------------------------------------------------------
     def _force_fn(self, params, box) -> Callable:

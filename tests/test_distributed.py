@@ -56,7 +56,7 @@ def test_two_processes_equal_one(tmp_path):
     assert multi["exchange"]["accepted"] == single["exchange"]["accepted"]
 
 
-def _one_process_equals(args, multi: dict, tmp_path, multi_stem: str) -> dict:
+def _one_process_equals(args, multi: dict, tmp_path, multi_stem: str, top: str = ALA + ".pdb") -> dict:
     """Run ``args`` in one process (unsharded) and check that the multi-process run's temperatures and per-replica
     DCD frames equal it; returns the one-process JSON."""
     single = subprocess.run([sys.executable, "-m", "jmlsim", *args, "--out", str(tmp_path / "single.dcd")],
@@ -64,7 +64,6 @@ def _one_process_equals(args, multi: dict, tmp_path, multi_stem: str) -> dict:
     assert single.returncode == 0, single.stderr[-2000:]
     single = json.loads(single.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(multi["final_temperatures_k"], single["final_temperatures_k"], rtol=1e-9)
-    top = ALA + ".pdb"
     for r in range(4):
         a = mdtraj.load(str(tmp_path / f"{multi_stem}_r{r}.dcd"), top=top)
         b = mdtraj.load(str(tmp_path / f"single_r{r}.dcd"), top=top)
@@ -80,9 +79,7 @@ def _one_process_equals(args, multi: dict, tmp_path, multi_stem: str) -> dict:
     (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "0", "--devices", "3"],
      "do not divide"),
     (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "0", "--devices", "2",
-      "--minimize"], "--minimize is not supported"),
-    (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "0", "--devices", "2",
-      "--pressure", "1"], "--pressure is not supported"),
+      "--molecules", "lib.txt"], "--molecules is not supported"),
 ])
 def test_bad_multi_process_flags(tmp_path, capsys, extra, message):
     argv = [a for a in COMMON if a != "--json"] + ["--out", str(tmp_path / "t.dcd")] + extra
@@ -119,3 +116,21 @@ def test_two_processes_checkpoint_and_resume_equal_one_uninterrupted_run(tmp_pat
     assert resumed["steps"] == 30 and resumed["steps_run"] == 10
     single = _one_process_equals(base + ["--steps", "30"], resumed, tmp_path, "multi")
     assert resumed["exchange"]["accepted"] == single["exchange"]["accepted"]
+
+
+@pytest.mark.slow
+def test_two_processes_minimize_and_barostat_equal_one(tmp_path):
+    """NPT replicas of the 216-water box, minimized first, in two processes: every process minimizes the start
+    (process 0's result is broadcast), the Monte Carlo barostat's per-replica trials run sharded, and boxes,
+    densities and frames equal one process running the same replicas unsharded."""
+    water = os.path.join(HERE, "data", "amber", "waterbox", "watbox216")
+    args = ["simulate", "--prmtop", water + ".prmtop", "--inpcrd", water + ".crd", "--cutoff", "0.8",
+            "--replicas", "4", "--steps", "30", "--report-interval", "10", "--precision", "double", "--seed", "3",
+            "--no-progress", "--json", "--temperatures", "290,300,310,320", "--minimize",
+            "--pressure", "1", "--barostat-interval", "5"]
+    multi = _two_processes(args, tmp_path, "multi.dcd")
+    assert multi["processes"] == 2 and multi["barostat_acceptance"] > 0
+    single = _one_process_equals(args, multi, tmp_path, "multi", top=water + ".pdb")
+    np.testing.assert_allclose(multi["final_box_nm"], single["final_box_nm"], rtol=1e-12)
+    np.testing.assert_allclose(multi["final_density_g_per_cm3"], single["final_density_g_per_cm3"], rtol=1e-12)
+    assert len(set(np.round(np.asarray(single["final_box_nm"])[:, 0, 0], 9))) > 1  # the replicas' boxes moved apart
