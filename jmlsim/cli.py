@@ -280,7 +280,6 @@ def cmd_energy(args) -> None:
     import jax
     import numpy as np
 
-    from jmlsim.simulation import Simulation, dtypes
     from jmlsim.integrators import VelocityVerlet
 
     system = load_system(args)
@@ -301,7 +300,6 @@ def cmd_energy(args) -> None:
 def cmd_minimize(args) -> None:
     from jmlsim.integrators import VelocityVerlet
     from jmlsim.minimize import minimize
-    from jmlsim.simulation import Simulation
 
     system = load_system(args)
     dt = 0.005 if system.reduced_units else 0.001
@@ -322,7 +320,6 @@ def cmd_simulate(args) -> None:
     from jmlsim.integrators import by_name
     from jmlsim.io.trajectory import generic_topology, trajectory_format
     from jmlsim.reporters import LogReporter, TrajectoryReporter, replica_path
-    from jmlsim.simulation import Simulation
 
     if getattr(args, "molecules", None):
         return _simulate_molecules(args)

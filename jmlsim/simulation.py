@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jmlsim import space, units
+from jmlsim import space
 from jmlsim.distributed import host_local, to_host
 from jmlsim.errors import SimulationError
 from jmlsim.integrators.state import MDState, kinetic_energy
-from jmlsim.neighbors import NeighborList, NeighborListSpec, plan
+from jmlsim.neighbors import NeighborList, plan
 from jmlsim.system import System
 
 
