@@ -256,7 +256,8 @@ class JmlsimSpeed:
 
     name = "jmlsim"
 
-    def __init__(self, system, velocities, dt: float, precision: str, skin: float, seed: int):
+    def __init__(self, system, velocities, dt: float, precision: str, skin: float, seed: int,
+                 devices: int | None = None):
         from jmlsim.integrators import LangevinBAOAB
         from jmlsim.simulation import Simulation
         from jmlsim.units import kT_kj_per_mol
@@ -264,7 +265,7 @@ class JmlsimSpeed:
         kT = kT_kj_per_mol(TEMPERATURE_K)
         t0 = time.perf_counter()
         self.sim = Simulation(system, LangevinBAOAB(dt, kT, FRICTION_PER_PS), kT=kT, precision=precision,
-                              skin=skin, seed=seed, velocities=velocities)
+                              skin=skin, seed=seed, velocities=velocities, devices=devices)
         self.setup_s = time.perf_counter() - t0
         self.chunk_s: list[float] = []
         self.cpu_s: list[float] = []
@@ -370,7 +371,7 @@ def run_speed(name: str, args) -> dict:
     log(f"\n== {name}: speed, Langevin middle {TEMPERATURE_K:g} K, {FRICTION_PER_PS:g}/ps, dt {dt * 1e3:g} fs"
         f"{' (HMR)' if args.hmr else ''}, jmlsim {args.precision}")
     system, omm, velocities = prepare(name, args, hmr=args.hmr)
-    jml = JmlsimSpeed(system, velocities, dt, args.precision, args.skin, args.seed)
+    jml = JmlsimSpeed(system, velocities, dt, args.precision, args.skin, args.seed, args.devices)
     start = jml.start_positions()  # jmlsim's constrained start: OpenMM starts from the same positions
     reference_u = openmm_potential(omm, start, system.box)
     jml_u = float(jml.sim.potential())
@@ -394,7 +395,7 @@ def run_speed(name: str, args) -> dict:
         log(f"  chunk {i + 1}/{args.chunks}: jmlsim {jml.chunk_s[-1]:.2f} s, OpenMM {omm_run.chunk_s[-1]:.2f} s "
             f"({args.chunk} steps each), load {load_average()}")
     load_end, up_end = load_average(), uptime()
-    out = {"system": name, "n_atoms": system.n_atoms, "timestep_ps": dt, "hmr": args.hmr,
+    out = {"system": name, "n_atoms": system.n_atoms, "timestep_ps": dt, "hmr": args.hmr, "devices": args.devices,
            "precision": args.precision, "start_potential_jmlsim": jml_u, "start_potential_openmm_reference": reference_u,
            "jmlsim": jml.results(dt), "openmm": omm_run.results(dt), "load_average": [load_start, load_end],
            "uptime": [up_start, up_end]}
@@ -812,8 +813,15 @@ def main(argv=None) -> None:
                         help="drift: OpenMM Langevin equilibration (ps, 2 fs steps) after the minimization and "
                              "before the shared NVE start; 0 starts NVE from the minimized structure")
     parser.add_argument("--seed", type=int, default=0, help="velocity / noise seed")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="speed: split jmlsim's pair sum over this many devices (atom decomposition; on the CPU "
+                             "that many host devices share the cores)")
     parser.add_argument("--json", action="store_true", help="print one JSON line with all figures at the end")
     args = parser.parse_args(argv)
+    if args.devices and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        # before JAX starts: it reads XLA_FLAGS once (CPU host devices; a GPU host has its own)
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.devices}").strip()
     if args.systems is None:
         args.systems = (["alanine-dipeptide", "dhfr"] if args.drift else ["dhfr"] if args.profile
                         else ["dhfr", "villin"])

@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="temperature replica exchange between neighbouring replicas every STEPS steps")
     simulate.add_argument("--devices", type=_integer("devices", 1),
                           help="shard the replicas over this many devices (on CPU: host threads); with "
-                               "--num-processes, the devices of all processes together")
+                               "--num-processes, the devices of all processes together; without --replicas, "
+                               "split the neighbor-list pair sum of the one system over them (atom decomposition)")
     multi = simulate.add_argument_group("multi-host (jax.distributed: run the same command on every host)")
     multi.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
     multi.add_argument("--num-processes", type=_integer("number of processes", 1), metavar="P")

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmlsim import space
+from jmlsim.decomposition import atom_mesh, splitting_rows
 from jmlsim.distributed import host_local, to_host
 from jmlsim.errors import SimulationError
 from jmlsim.integrators.state import MDState, kinetic_energy
@@ -76,7 +77,9 @@ class Simulation:
     temperature ladder is an integrator whose kT is a tuple of R values (see :mod:`jmlsim.ensemble`).
     replica_params: optional parameter pytree with a leading axis R on every leaf (one force-field parameter
     set per replica, e.g. for Hamiltonian replica exchange); default: the system's params shared by all.
-    devices: shard the replica axis over this many devices (``jax.devices()[:devices]``), or None.
+    devices: shard the replica axis over this many devices (``jax.devices()[:devices]``), or None. Without
+    replicas: split the rows of the neighbor-list pair sum of the one system over them (atom decomposition, see
+    :mod:`jmlsim.decomposition`); the state is replicated.
     replica_positions (R, N, 3), replica_masses (R, N): per-replica starting positions and masses (a batch of
     different molecules padded to N atoms, see :mod:`jmlsim.molecule_batch`); no neighbor list, and constraints
     only as the integrator's per-replica :class:`jmlsim.constraints.ConstraintsBatch`.
@@ -222,22 +225,34 @@ class Simulation:
             if not hasattr(self.integrator, "friction"):
                 raise ValueError("per-replica atoms (a molecule batch) need the Langevin integrator")
         if self.devices is not None:
-            if R is None:
-                raise ValueError("devices (sharding over the replica axis) needs replicas")
+            if R is None and self.system.neighbor_cutoff is None:
+                raise ValueError("devices without replicas split the neighbor-list pair sum over them: the system "
+                                 "needs a cutoff (or give replicas)")
+            if R is None and jax.process_count() > 1:
+                raise ValueError("a multi-process run shards replicas: give replicas")
             available = len(jax.devices())
             if not 1 <= self.devices <= available:
                 raise ValueError(f"devices={self.devices} but {available} are available")
-            if R % self.devices:
+            if R is not None and R % self.devices:
                 raise ValueError(f"replicas={R} do not divide evenly over devices={self.devices}")
 
     def _replica_sharding(self):
-        """(sharded along the replica axis, replicated) NamedShardings over the first ``devices`` devices."""
+        """(sharded along the replica axis, replicated) NamedShardings over the first ``devices`` devices; for one
+        system (atom decomposition) both are replicated over the ``"atoms"`` mesh."""
         if self.devices is None:
             return None
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+        if self.replicas is None:
+            replicated = NamedSharding(atom_mesh(self.devices), PartitionSpec())
+            return replicated, replicated
         mesh = Mesh(np.asarray(jax.devices()[: self.devices]), ("replica",))
         return NamedSharding(mesh, PartitionSpec("replica")), NamedSharding(mesh, PartitionSpec())
+
+    def tracing(self):
+        """Context to trace compiled pieces in: the ``"atoms"`` mesh for one system over several devices (the pair
+        sum splits its rows over it, see :mod:`jmlsim.decomposition`), else nothing."""
+        return splitting_rows(None if self.devices is None or self.replicas is not None else atom_mesh(self.devices))
 
     def place(self, state, nbrs, params=None):
         """Put (state, nbrs, params) on the devices: replica-axis arrays sharded, the rest replicated.
@@ -340,7 +355,8 @@ class Simulation:
                                                   length=n_steps)
             return state, nbrs, self._energy(params, state, nbrs), bad
         t0 = time.perf_counter()
-        fn = jax.jit(run).lower(self.params, state, nbrs).compile()
+        with self.tracing():
+            fn = jax.jit(run).lower(self.params, state, nbrs).compile()
         self.compile_seconds += time.perf_counter() - t0
         self._chunks[key] = fn
         return fn
@@ -389,7 +405,8 @@ class Simulation:
         # bound method each call would retrace and recompile every chunk
         if self.spec not in self._potential_fns:
             self._potential_fns[self.spec] = jax.jit(self._energy)
-        return to_host(self._potential_fns[self.spec](self.params, self.state, self.nbrs))
+        with self.tracing():  # traced (first call) with the pair sum split over the devices where it is
+            return to_host(self._potential_fns[self.spec](self.params, self.state, self.nbrs))
 
     def frame(self, potential: Optional[np.ndarray] = None) -> Frame:
         """The current state as a host-side Frame (potential computed when not given)."""

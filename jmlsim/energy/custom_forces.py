@@ -225,13 +225,14 @@ class TabulatedLJ:
     # -- public ---------------------------------------------------------------------------------------
     def energy(self, params: TabulatedLJParams, positions: Array, box: Optional[Array], nbrs=None) -> Array:
         """Total energy (kJ/mol). Each pair appears in two rows of the pair sum, hence 1/2."""
-        rows = pair_row_sums(lambda r, i: self._pair_rows(params, positions, box, r, i, with_forces=False)[0],
-                             self.n_atoms, nbrs)
+        rows = pair_row_sums(lambda r, i, *ops: self._pair_rows(*ops, r, i, with_forces=False)[0], self.n_atoms,
+                             nbrs, (params, positions, box))
         return 0.5 * jnp.sum(rows) + self._corrections(params, positions, box)
 
     def forces(self, params: TabulatedLJParams, positions: Array, box: Optional[Array], nbrs=None) -> Array:
         """Forces (N, 3) kJ/mol/nm: analytic row sums for the pair sum, autodiff for the corrections."""
-        direct = pair_row_sums(lambda r, i: self._pair_rows(params, positions, box, r, i)[1], self.n_atoms, nbrs)
+        direct = pair_row_sums(lambda r, i, *ops: self._pair_rows(*ops, r, i)[1], self.n_atoms, nbrs,
+                             (params, positions, box))
         return direct - jax.grad(self._corrections, argnums=1)(params, positions, box)
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from jax.scipy.special import erf, erfc
 
 from jmlsim import space
+from jmlsim.decomposition import atom_shards, decomposed_rows
 from jmlsim.energy.differences import DENSE_MAX_ATOMS, differences, scatter_differences, take_rows
 from jmlsim.energy.pme import PMEReciprocal, ewald_self_energy, neutralizing_energy
 
@@ -130,11 +131,14 @@ def dense_exclusions(band, band_width: int):
 ROW_BLOCK = 1024  # neighbor-list rows per block of the pair sum (see pair_row_sums)
 
 
-def pair_row_sums(row_fn, n_atoms: int, nbrs, block: Optional[int] = None):
+def pair_row_sums(row_fn, n_atoms: int, nbrs, operands: tuple = (), block: Optional[int] = None):
     """Per-atom sums over a pair list, evaluated ``block`` rows (default :data:`ROW_BLOCK`) at a time.
 
-    row_fn(rows, idx) -> pytree of per-row arrays (B, ...), for rows (B,) atom indices and idx their (B, K) rows
-    of the neighbor list; rows is None for all atoms at once (small systems, and the dense case, idx None).
+    row_fn(rows, idx, *operands) -> pytree of per-row arrays (B, ...), for rows (B,) atom indices and idx their
+    (B, K) rows of the neighbor list; rows is None for all atoms at once (small systems, and the dense case, idx
+    None). operands: what row_fn reads besides the rows (positions, parameters, box), passed explicitly so that
+    the rows can be split over devices (traced under :func:`jmlsim.decomposition.splitting_rows`, each device
+    sums its block of rows; see :mod:`jmlsim.decomposition`).
     Blocks run in a ``lax.map``: the dozen (B, K) pair temporaries of a block take a few MB instead of ~60 MB
     each, which halves a single jitted call of the DHFR pair forces on CPU (629 -> 286 ms at B = 1,024, bitwise
     the same; energy evaluations, minimizer and barostat steps) and bounds peak memory. Inside a jitted MD loop,
@@ -143,17 +147,29 @@ def pair_row_sums(row_fn, n_atoms: int, nbrs, block: Optional[int] = None):
     dropped. Returns the pytree with leading axis N.
     """
     block = ROW_BLOCK if block is None else block
-    if nbrs is None or n_atoms <= block:
-        return row_fn(None, None if nbrs is None else nbrs.idx)
+    if nbrs is None or (n_atoms <= block and atom_shards() == 1):
+        return row_fn(None, None if nbrs is None else nbrs.idx, *operands)
     rows = jnp.arange(n_atoms, dtype=jnp.int32)
-    n_blocks = -(-n_atoms // block)
-    block = -(-n_atoms // n_blocks)  # even blocks: at most n_blocks - 1 padded rows
-    pad = n_blocks * block - n_atoms
-    idx = jnp.pad(nbrs.idx, ((0, pad), (0, 0)), constant_values=n_atoms)
+    blocked = lambda r, i, *ops: _blocked_row_sums(lambda rr, ii: row_fn(rr, ii, *ops), r, i, n_atoms, block)
+    if atom_shards() > 1:
+        return decomposed_rows(blocked, rows, nbrs.idx, n_atoms, operands)
+    return blocked(rows, nbrs.idx, *operands)
+
+
+def _blocked_row_sums(row_fn, rows: Array, idx: Array, n_atoms: int, block: int):
+    """row_fn(rows, idx) over rows (B,) and their list rows idx (B, K) in a ``lax.map`` of even blocks of at most
+    ``block``."""
+    n = rows.shape[0]
+    if n <= block:
+        return row_fn(rows, idx)
+    n_blocks = -(-n // block)
+    block = -(-n // n_blocks)  # even blocks: at most n_blocks - 1 padded rows
+    pad = n_blocks * block - n
+    idx = jnp.pad(idx, ((0, pad), (0, 0)), constant_values=n_atoms)
     rows = jnp.pad(rows, (0, pad), constant_values=n_atoms - 1)
     out = jax.lax.map(lambda args: row_fn(*args), (rows.reshape(n_blocks, block),
                                                   idx.reshape(n_blocks, block, idx.shape[1])))
-    return jax.tree_util.tree_map(lambda a: a.reshape(n_blocks * block, *a.shape[2:])[:n_atoms], out)
+    return jax.tree_util.tree_map(lambda a: a.reshape(n_blocks * block, *a.shape[2:])[:n], out)
 
 
 def masked_pairs(positions: Array, box: Optional[Array], rows: Array, idx: Optional[Array], band: np.ndarray,
@@ -335,8 +351,8 @@ class Nonbonded:
         """The direct-space pair sum (kJ/mol); each pair appears in two rows, hence 1/2."""
         if nbrs is None and self.n_atoms <= DENSE_MAX_ATOMS:
             return self._small_pair_terms(params, positions, box)[0]
-        rows = pair_row_sums(lambda r, i: self._pair_rows(params, positions, box, r, i, with_forces=False)[0],
-                             self.n_atoms, nbrs)
+        rows = pair_row_sums(lambda r, i, *ops: self._pair_rows(*ops, r, i, with_forces=False)[0], self.n_atoms,
+                             nbrs, (params, positions, box))
         return 0.5 * jnp.sum(rows)
 
     def direct_forces(self, params: NonbondedParams, positions: Array, box: Optional[Array], nbrs=None) -> Array:
@@ -344,7 +360,8 @@ class Nonbonded:
         without neighbor list: the unique-pair sum)."""
         if nbrs is None and self.n_atoms <= DENSE_MAX_ATOMS:
             return self._small_pair_terms(params, positions, box)[1]
-        return pair_row_sums(lambda r, i: self._pair_rows(params, positions, box, r, i)[1], self.n_atoms, nbrs)
+        return pair_row_sums(lambda r, i, *ops: self._pair_rows(*ops, r, i)[1], self.n_atoms, nbrs,
+                             (params, positions, box))
 
     # -- the rest: exceptions, far exclusions, PME reciprocal, corrections ----------------------------
     def _exception_terms(self, params: NonbondedParams, positions: Array, with_forces: bool = True):
