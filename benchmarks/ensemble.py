@@ -7,8 +7,10 @@ tests/data/amber, 22 atoms), no cutoff, bonds to H constrained, 2 fs LangevinMid
   gives R x (1/R of the time) = the same aggregate ns/day as one Context, so the reference aggregate is the
   single-Context figure (measured here, not quoted).
 * jmlsim: ``ensemble.replica_simulation`` with R replicas (independent seeds, same temperature), one ``lax.scan``
-  chunk of ``--chunk`` steps per host round-trip, replica axis optionally sharded over ``--devices`` host devices
-  (on a CPU these are threads; XLA_FLAGS is set before JAX starts).
+  chunk of ``--chunk`` steps per host round-trip, replica axis sharded over ``--devices`` host devices (on a CPU
+  these are threads; XLA_FLAGS is set before JAX starts). Without ``--devices`` each R runs as the CLI would run
+  it: sharded over one host device per core when every core gets at least 32 replicas
+  (``jmlsim.ensemble.default_devices``), else on one device with XLA's own threads.
 
 Printed per R: aggregate replica-ns/day (R x per-replica ns/day), per-replica ns/day, ratio to OpenMM, compile
 time. ``--plot F.png`` draws the scaling curve (aggregate vs R, with the OpenMM line and the 100x goal line).
@@ -112,7 +114,9 @@ def main(argv=None) -> None:
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 4, 16, 64, 256, 1024])
     parser.add_argument("--steps", type=int, default=2000, help="measured steps per R (after one compile chunk)")
     parser.add_argument("--chunk", type=int, default=500, help="steps per compiled chunk")
-    parser.add_argument("--devices", type=int, default=None, help="shard the replica axis over N host devices")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="shard the replica axis over N host devices (default: as the CLI does, one host "
+                             "device per core for batches of at least 32 replicas per core, else one device)")
     parser.add_argument("--precision", choices=["single", "mixed", "double"], default="single")
     parser.add_argument("--openmm-steps", type=int, default=20000)
     parser.add_argument("--openmm-threads", type=int, default=None)
@@ -120,10 +124,13 @@ def main(argv=None) -> None:
     parser.add_argument("--plot", help="PNG of the scaling curve")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if args.devices:
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        host_devices = args.devices or os.cpu_count() or 1  # the CLI's choice when --devices is not given
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={args.devices}").strip()
+                                   f" --xla_force_host_platform_device_count={host_devices}").strip()
     import jax
+
+    from jmlsim.ensemble import default_devices
 
     from jmlsim.io.openmm_import import load_amber
 
@@ -134,16 +141,19 @@ def main(argv=None) -> None:
 
     system = load_amber(ALA + ".prmtop", ALA + ".crd", nonbonded="nocutoff", constraints="hbonds")
     rows = []
-    print(f"{'R':>6} {'aggregate ns/day':>17} {'per replica':>12} {'x OpenMM':>9} {'compile s':>10}", flush=True)
+    print(f"{'R':>6} {'aggregate ns/day':>17} {'per replica':>12} {'x OpenMM':>9} {'compile s':>10} {'devices':>8}",
+          flush=True)
     for replicas in args.replicas:
         if args.devices and replicas % args.devices:
             print(f"{replicas:>6}  skipped: not divisible by --devices {args.devices}")
             continue
-        row = jmlsim_replicas(system, replicas, args.steps, args.chunk, args.devices, args.precision, args.seed)
+        devices = args.devices or default_devices(replicas)
+        row = jmlsim_replicas(system, replicas, args.steps, args.chunk, devices, args.precision, args.seed)
+        row["devices"] = devices or 1
         row["ratio_to_openmm"] = row["aggregate_ns_per_day"] / openmm["ns_per_day"]
         rows.append(row)
         print(f"{replicas:>6} {row['aggregate_ns_per_day']:>17.1f} {row['per_replica_ns_per_day']:>12.2f} "
-              f"{row['ratio_to_openmm']:>9.2f} {row['compile_s']:>10.1f}", flush=True)
+              f"{row['ratio_to_openmm']:>9.2f} {row['compile_s']:>10.1f} {row['devices']:>8}", flush=True)
     # OpenMM once more at the end: the reference brackets the jmlsim runs (load changes show up as a difference)
     openmm_after = openmm_single_context(args.openmm_steps, 500, args.openmm_threads)
     print(f"OpenMM CPU, one Context, after: {openmm_after['ns_per_day']:.1f} ns/day "

@@ -325,7 +325,10 @@ def cmd_simulate(args) -> None:
     if getattr(args, "molecules", None):
         return _simulate_molecules(args)
     from jmlsim.distributed import is_main_process, same_on_all_processes, to_host
+    from jmlsim.ensemble import default_devices
     main_process = is_main_process()
+    if args.devices is None:  # large batches on a multi-core CPU: one shard per core
+        args.devices = default_devices(args.replicas)
     system = load_system(args)
     reduced = system.reduced_units
     barostat = None
@@ -519,6 +522,9 @@ def _simulate_molecules(args) -> None:
     default_fs = 1.0 if batch.constraints is None else 2.0
     timestep = (args.timestep if args.timestep is not None else default_fs) * units.PS_PER_FS
     temperature = args.temperature if args.temperature is not None else 300.0
+    if args.devices is None:
+        from jmlsim.ensemble import default_devices
+        args.devices = default_devices(len(names))
     sim = mb.molecule_simulation(batch, temperature, timestep, args.friction, seed=args.seed,
                                  precision=args.precision, devices=args.devices)
     minimization, frames = None, {"n": 0}
@@ -602,12 +608,21 @@ def _write_walkers(path: str, stats) -> None:
 
 def _configure_devices(argv) -> None:
     """--devices N on the CPU: ask XLA for N host devices before JAX starts (it reads XLA_FLAGS once); N / P of
-    them per process with --num-processes P."""
+    them per process with --num-processes P. A batch (--replicas, --molecules) without --devices gets one host
+    device per core, which large batches are sharded over by default (jmlsim.ensemble.default_devices)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--devices" not in argv or "jax" in sys.modules:
+    if "jax" in sys.modules:
         return
+    if "--devices" not in argv:
+        if ("--replicas" in argv or "--molecules" in argv) and "--num-processes" not in argv:
+            n = os.cpu_count() or 1  # one host device per core, for large batches (ensemble.default_devices)
+        else:
+            return
+    else:
+        n = None
     try:
-        n = int(argv[argv.index("--devices") + 1])
+        if n is None:
+            n = int(argv[argv.index("--devices") + 1])
         if "--num-processes" in argv:
             n = max(n // int(argv[argv.index("--num-processes") + 1]), 1)
     except (IndexError, ValueError, ZeroDivisionError):

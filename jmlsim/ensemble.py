@@ -46,6 +46,24 @@ def temperature_ladder(t_min: float, t_max: float, n: int) -> np.ndarray:
     return t_min * (t_max / t_min) ** (np.arange(n) / (n - 1))
 
 
+# Fewest replicas per host device for which splitting a batch over the CPU's cores beats one device's own
+# threads. Measured on a 2-core AMD EPYC (AVX2), alanine dipeptide, 2 fs, benchmarks/ensemble.py, aggregate ns/day
+# one device -> two: R=4 2,939 -> 1,039; R=16 5,726 -> 3,347; R=64 6,208 -> 7,536; R=256 7,116 -> 10,785.
+AUTO_SHARD_MIN_REPLICAS_PER_DEVICE = 32
+
+
+def default_devices(replicas: Optional[int]) -> Optional[int]:
+    """How many devices a replica batch is sharded over when the user does not say: on a CPU with several host
+    devices (the CLI asks XLA for one per core), all of them when each gets at least
+    :data:`AUTO_SHARD_MIN_REPLICAS_PER_DEVICE` replicas and R divides evenly; otherwise None (one device)."""
+    if not replicas or jax.default_backend() != "cpu" or jax.process_count() > 1:
+        return None
+    n = jax.local_device_count()
+    if n < 2 or replicas % n or replicas // n < AUTO_SHARD_MIN_REPLICAS_PER_DEVICE:
+        return None
+    return n
+
+
 def replica_simulation(system, temperatures_k: Sequence[float], timestep_ps: float, friction: float = 1.0,
                        replica_params: Any = None, **simulation_kwargs):
     """A Langevin replica batch, replica r at ``temperatures_k[r]`` (and parameter set r of ``replica_params``).

@@ -270,6 +270,35 @@ def test_sharded_replicas_equal_the_unsharded_run():
     assert result["max_diff"] < 1e-9
 
 
+def test_default_devices_shard_only_batches_large_enough_for_every_core(monkeypatch):
+    monkeypatch.setattr(jax, "local_device_count", lambda: 2)
+    per = ensemble.AUTO_SHARD_MIN_REPLICAS_PER_DEVICE
+    assert ensemble.default_devices(2 * per) == 2 and ensemble.default_devices(8 * per) == 2
+    assert ensemble.default_devices(2 * per - 2) is None  # too few per core: one device's own threads are faster
+    assert ensemble.default_devices(2 * per + 1) is None  # not divisible
+    assert ensemble.default_devices(None) is None and ensemble.default_devices(1) is None
+    monkeypatch.setattr(jax, "local_device_count", lambda: 1)
+    assert ensemble.default_devices(8 * per) is None
+
+
+def test_cli_shards_a_large_batch_over_the_cores_by_default(tmp_path):
+    """simulate --replicas R without --devices: one host device per core, the batch sharded when large enough."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    R = 2 * ensemble.AUTO_SHARD_MIN_REPLICAS_PER_DEVICE
+    out = subprocess.run([sys.executable, "-m", "jmlsim", "simulate", "--prmtop", ALA + ".prmtop", "--inpcrd",
+                          ALA + ".crd", "--replicas", str(R), "--steps", "10", "--report-interval", "10",
+                          "--no-progress", "--json", "--out", str(tmp_path / "r.dcd")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    cores = os.cpu_count() or 1
+    expected = cores if cores > 1 and R % cores == 0 and R // cores >= ensemble.AUTO_SHARD_MIN_REPLICAS_PER_DEVICE \
+        else None
+    assert result.get("devices") == expected and result["replicas"] == R
+    assert len(result["trajectory"]) == R
+
+
 # -- NPT replica exchange: enthalpies in the test, boxes travel with their configurations -------------------------
 @dataclasses.dataclass(frozen=True, eq=False)
 class _NoEnergy:
