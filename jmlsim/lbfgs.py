@@ -2,8 +2,10 @@
 
 Constraints are handled as OpenMM's LocalEnergyMinimizer does: L-BFGS minimizes the energy plus a stiff harmonic
 penalty k (r - r0)^2 on every constrained distance (rigid waters included), and the result is projected
-exactly onto the constraint surface with SHAKE/SETTLE at the end. Convergence is judged on the forces projected
-onto that surface (the components along constraints are carried by the constraint forces).
+exactly onto the constraint surface with SHAKE/SETTLE. Convergence is judged on the forces projected onto that
+surface (the components along constraints are carried by the constraint forces). The projection moves atoms by
+about F/k, which strains stiff terms: when the projected structure's forces are still above the tolerance, the
+search goes on from it with a 10x stiffer penalty (up to :data:`PENALTY_STAGES` stages), as OpenMM does.
 
 Runs in jit-compiled chunks of iterations; the neighbor list is rebuilt (and regrown on overflow) between
 chunks and kept current inside them. The gradient is the system's own (analytic where terms provide it), fed
@@ -17,6 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 
 PENALTY = 2.0e5  # kJ/mol/nm^2: as stiff as the stiffest bonds, soft enough for a well-conditioned search
+PENALTY_STAGES = 3  # penalties k, 10 k, 100 k: each stage cuts the strain the final projection leaves by ~10x
+
+
+def _stage_limit(stage: int, steps: int, max_iterations: int, chunk: int) -> int:
+    """Iteration count at which penalty stage ``stage`` stops: the first may use the whole budget; a later one
+    only relaxes the strain of a projection, so it gets max(8 chunks, a tenth of the budget) more."""
+    if stage == 0:
+        return max_iterations
+    return min(max_iterations, steps + max(8 * chunk, max_iterations // 10))
 
 
 def _constraint_pairs(constraints):
@@ -74,16 +85,16 @@ def minimize_lbfgs(sim, tolerance: float, max_iterations: int = 2000, chunk: int
         ci, cj, clen = _constraint_pairs(constraints)
         ones = jnp.ones_like(masses)
 
-    def penalty_energy(x):
+    def penalty_energy(x, k):
         if constraints is None:
             return jnp.zeros((), x.dtype)
-        return _penalty_energy(x, ci, cj, clen, penalty)
+        return _penalty_energy(x, ci, cj, clen, k)
 
     def projected(x, f):
         return f if constraints is None else constraints.velocities(x, f, ones)
 
-    def make_objective(params, nbrs):
-        """Energy (+ penalty) with the system's forces as its gradient (custom VJP)."""
+    def make_objective(params, nbrs, k):
+        """Energy (+ penalty of stiffness k) with the system's forces as its gradient (custom VJP)."""
         force_fn = sim._force_fn(params, box)
 
         def energy_forces(x):
@@ -91,56 +102,64 @@ def minimize_lbfgs(sim, tolerance: float, max_iterations: int = 2000, chunk: int
             xf = x.astype(sim.force_dtype)
             bf = None if box is None else box.astype(sim.force_dtype)
             e = system.energy(params, xf, bf, nb).astype(x.dtype)
-            pe, pg = jax.value_and_grad(penalty_energy)(x)
+            pe, pg = jax.value_and_grad(penalty_energy)(x, k)
             return e + pe, f - pg, nb
         return _objective(energy_forces), energy_forces
 
     optimizer = optax.lbfgs(memory_size=memory_size)
 
-    def run(params, x, opt_state, nbrs):
+    def run(params, x, opt_state, nbrs, k):  # k traced: every penalty stage runs the same compiled chunk
         if sim.spec is not None:
             nbrs = sim.spec.update(nbrs, x.astype(sim.force_dtype), None if box is None else box.astype(sim.force_dtype))
-        _, energy_forces = make_objective(params, nbrs)
+        _, energy_forces = make_objective(params, nbrs, k)
 
         def body(carry, _):
             x, opt_state, nb = carry
             if sim.spec is not None:  # keep the list valid as atoms move (rebuild past skin/2)
                 nb = sim.spec.update(nb, x.astype(sim.force_dtype), None if box is None else box.astype(sim.force_dtype))
-            x, opt_state = _lbfgs_step(optimizer, make_objective(params, nb)[0], x, opt_state)
+            x, opt_state = _lbfgs_step(optimizer, make_objective(params, nb, k)[0], x, opt_state)
             return (x, opt_state, nb), None
         (x, opt_state, nbrs), _ = jax.lax.scan(body, (x, opt_state, nbrs), None, length=chunk)
         _, f, nbrs = energy_forces(x)
         fmax = jnp.max(jnp.linalg.norm(projected(x, f), axis=-1))
         return x, opt_state, nbrs, fmax
 
+    def on_surface(x):
+        """x projected onto the constraints, its forces, list, and largest projected force."""
+        if constraints is not None:
+            x = jax.jit(constraints.positions)(x, x, masses)
+        nb = sim._rebuild(sim.state._replace(positions=x))
+        forces, nb = jax.jit(sim._force_fn(sim.params, box))(x, nb)
+        fmax = float(jnp.max(jnp.linalg.norm(jax.jit(projected)(x, forces), axis=-1)))
+        return x, forces, nb, fmax
+
     energy0 = float(sim._energy(sim.params, sim.state, sim.nbrs))
     x = sim.state.positions
-    opt_state = optimizer.init(x)
     nbrs, steps, fmax, done = sim.nbrs, 0, float("nan"), False
     compiled: dict = {}
-    while steps < max_iterations and not done:
-        if sim.spec not in compiled:
-            compiled[sim.spec] = jax.jit(run)
-        new_x, new_state, new_nbrs, new_fmax = compiled[sim.spec](sim.params, x, opt_state, nbrs)
-        if new_nbrs is not None and bool(new_nbrs.overflow):
-            sim.spec = sim.spec.regrown(new_nbrs, None if box is None else np.asarray(box))
-            sim.regrowths += 1
-            nbrs = sim._rebuild(sim.state._replace(positions=x))
-            continue
-        fmax = float(new_fmax)
-        if not np.isfinite(fmax):
-            raise FloatingPointError(f"minimization produced non-finite forces by iteration {steps + chunk}")
-        x, opt_state, nbrs, steps = new_x, new_state, new_nbrs, steps + chunk
+    for stage in range(PENALTY_STAGES if constraints is not None else 1):
+        k = jnp.asarray(penalty * 10.0 ** stage, x.dtype)
+        opt_state = optimizer.init(x)  # a new objective: the curvature history of the last one does not fit
+        done, limit = False, _stage_limit(stage, steps, max_iterations, chunk)
+        while steps < limit and not done:
+            if sim.spec not in compiled:
+                compiled[sim.spec] = jax.jit(run)
+            new_x, new_state, new_nbrs, new_fmax = compiled[sim.spec](sim.params, x, opt_state, nbrs, k)
+            if new_nbrs is not None and bool(new_nbrs.overflow):
+                sim.spec = sim.spec.regrown(new_nbrs, None if box is None else np.asarray(box))
+                sim.regrowths += 1
+                nbrs = sim._rebuild(sim.state._replace(positions=x))
+                continue
+            fmax = float(new_fmax)
+            if not np.isfinite(fmax):
+                raise FloatingPointError(f"minimization produced non-finite forces by iteration {steps + chunk}")
+            x, opt_state, nbrs, steps = new_x, new_state, new_nbrs, steps + chunk
+            done = fmax < tolerance
+        x, forces, nbrs, fmax = on_surface(x)
         done = fmax < tolerance
-    if constraints is not None:
-        x = jax.jit(constraints.positions)(x, x, masses)
-    state = sim.state._replace(positions=x)
-    nbrs = sim._rebuild(state)
-    forces, nbrs = jax.jit(sim._force_fn(sim.params, box))(x, nbrs)
-    sim.state, sim.nbrs = state._replace(forces=forces), nbrs
-    if constraints is not None:
-        fmax = float(jnp.max(jnp.linalg.norm(jax.jit(projected)(x, forces), axis=-1)))
-        done = fmax < tolerance
+        if done or steps >= max_iterations:
+            break
+    sim.state, sim.nbrs = sim.state._replace(positions=x, forces=forces), nbrs
     energy = float(sim._energy(sim.params, sim.state, sim.nbrs))
     return {"steps": steps, "initial_potential": energy0, "final_potential": energy, "max_force": fmax,
             "converged": bool(done), "method": "lbfgs"}
@@ -171,15 +190,15 @@ def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: 
     # per replica: its constraint arrays (pairs, lengths, preconditioner), or nothing
     cons_arrays = () if constraints is None else constraints._arrays()
 
-    def energy_forces(params, x, box, cons):
-        """Energy + constraint penalty and its forces, (), (N, 3)."""
+    def energy_forces(params, x, box, cons, k):
+        """Energy + constraint penalty (stiffness k) and its forces, (), (N, 3)."""
         xf = x.astype(fdt)
         bf = None if box is None else box.astype(fdt)
         e = system.energy(params, xf, bf, None).astype(x.dtype)
         f = system.forces(params, xf, bf, None).astype(x.dtype)
         if cons:
             pairs, lengths = cons[0], cons[1]
-            pe, pg = jax.value_and_grad(_penalty_energy)(x, pairs[:, 0], pairs[:, 1], lengths, penalty)
+            pe, pg = jax.value_and_grad(_penalty_energy)(x, pairs[:, 0], pairs[:, 1], lengths, k)
             e, f = e + pe, f - pg
         return e, f
 
@@ -188,46 +207,54 @@ def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: 
             return f
         return constraints._one(*cons)._velocities_one(x, f, jnp.ones(x.shape[0], x.dtype))
 
-    def run_one(params, x, opt_state, box, cons):
-        objective = _objective(lambda y: energy_forces(params, y, box, cons))
+    def run_one(params, x, opt_state, box, cons, k):
+        objective = _objective(lambda y: energy_forces(params, y, box, cons, k))
         (x, opt_state), _ = jax.lax.scan(lambda c, _: (_lbfgs_step(optimizer, objective, *c), None), (x, opt_state),
                                          None, length=chunk)
-        _, f = energy_forces(params, x, box, cons)
+        _, f = energy_forces(params, x, box, cons, k)
         return x, opt_state, jnp.max(jnp.linalg.norm(projected(x, f, cons), axis=-1))
-
-    run = jax.jit(jax.vmap(run_one, (params_axis, 0, 0, box_axis, 0)))
-    x, box = sim.state.positions, sim.state.box
-    energy0 = np.asarray(sim.potential(), float)
-    opt_state = jax.jit(jax.vmap(optimizer.init))(x)
-    done = np.zeros(sim.replicas, bool)
-    fmax = np.full(sim.replicas, np.nan)
-    steps = 0
-    while steps < max_iterations and not done.all():
-        new_x, new_state, new_fmax = run(sim.params, x, opt_state, box, cons_arrays)
-        new_fmax = np.asarray(new_fmax, float)
-        if not np.all(np.isfinite(new_fmax[~done])):
-            bad = int(np.flatnonzero(~np.isfinite(new_fmax) & ~done)[0])
-            raise FloatingPointError(f"minimization produced non-finite forces in replica {bad} by iteration "
-                                     f"{steps + chunk}")
-        keep = jnp.asarray(done)  # converged replicas stay where they converged
-
-        def pick(old, new):
-            return jnp.where(keep.reshape(keep.shape + (1,) * (old.ndim - 1)), old, new)
-        x = pick(x, new_x)
-        opt_state = jax.tree_util.tree_map(pick, opt_state, new_state)
-        fmax = np.where(done, fmax, new_fmax)
-        done = fmax < tolerance
-        steps += chunk
-    if constraints is not None:
-        x = jax.jit(constraints.positions)(x, x, sim.state.masses)
 
     def final_one(params, y, b, cons):
         f = system.forces(params, y.astype(fdt), None if b is None else b.astype(fdt), None).astype(y.dtype)
         return f, jnp.max(jnp.linalg.norm(projected(y, f, cons), axis=-1))
+
+    run = jax.jit(jax.vmap(run_one, (params_axis, 0, 0, box_axis, 0, None)))
     final = jax.jit(jax.vmap(final_one, (params_axis, 0, box_axis, 0)))
-    forces, fmax = final(sim.params, x, box, cons_arrays)
-    fmax = np.asarray(fmax, float)
-    done = fmax < tolerance
+    init = jax.jit(jax.vmap(optimizer.init))
+    x, box = sim.state.positions, sim.state.box
+    energy0 = np.asarray(sim.potential(), float)
+    settled = np.zeros(sim.replicas, bool)  # converged on the constraint surface: kept as they are
+    steps = 0
+    for stage in range(PENALTY_STAGES if constraints is not None else 1):
+        k = jnp.asarray(penalty * 10.0 ** stage, x.dtype)
+        opt_state = init(x)
+        done = settled.copy()
+        fmax = np.full(sim.replicas, np.nan)
+        limit = _stage_limit(stage, steps, max_iterations, chunk)
+        while steps < limit and not done.all():
+            new_x, new_state, new_fmax = run(sim.params, x, opt_state, box, cons_arrays, k)
+            new_fmax = np.asarray(new_fmax, float)
+            if not np.all(np.isfinite(new_fmax[~done])):
+                bad = int(np.flatnonzero(~np.isfinite(new_fmax) & ~done)[0])
+                raise FloatingPointError(f"minimization produced non-finite forces in replica {bad} by iteration "
+                                         f"{steps + chunk}")
+            keep = jnp.asarray(done)  # converged replicas stay where they converged
+
+            def pick(old, new):
+                return jnp.where(keep.reshape(keep.shape + (1,) * (old.ndim - 1)), old, new)
+            x = pick(x, new_x)
+            opt_state = jax.tree_util.tree_map(pick, opt_state, new_state)
+            fmax = np.where(done, fmax, new_fmax)
+            done = fmax < tolerance
+            steps += chunk
+        if constraints is not None:
+            x = jax.jit(constraints.positions)(x, x, sim.state.masses)
+        forces, fmax = final(sim.params, x, box, cons_arrays)
+        fmax = np.asarray(fmax, float)
+        settled = fmax < tolerance
+        if settled.all() or steps >= max_iterations:
+            break
+    done = settled
     sim.state = sim.state._replace(positions=x, forces=forces)
     energy = np.asarray(sim.potential(), float)
     return {"steps": steps, "initial_potential": energy0.tolist(), "final_potential": energy.tolist(),

@@ -212,7 +212,9 @@ def test_cli_simulates_a_library_directory(tmp_path, capsys):
     for m, system in zip(result["molecules"], systems):
         traj = mdtraj.load(m["trajectory"])
         assert traj.n_frames == 2 and traj.unitcell_vectors is None  # open boundaries: no (zero) unit cell
-        assert m["minimized_potential"] < m["initial_potential"] - 50.0 and m["minimized_max_force"] < 50.0
+        # staged penalties relax what the final SHAKE projection strains (one 2e5 stage alone left 8-28 kJ/mol/nm;
+        # the staged search measured 1.8-8.8 against the tolerance of 10)
+        assert m["minimized_potential"] < m["initial_potential"] - 50.0 and m["minimized_max_force"] < 15.0
         # every bond to hydrogen keeps its constrained length in the written frames
         pairs, lengths = system.constraints.pairs, system.constraints.distances
         np.testing.assert_allclose(mdtraj.compute_distances(traj, pairs), np.broadcast_to(lengths, (2, len(lengths))),
