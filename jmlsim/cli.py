@@ -486,6 +486,7 @@ def _simulate_molecules(args) -> None:
 
     from jmlsim import molecule_batch as mb
     from jmlsim import units
+    from jmlsim.distributed import is_main_process
     from jmlsim.io.trajectory import trajectory_format
     from jmlsim.reporters import LogReporter
 
@@ -508,12 +509,13 @@ def _simulate_molecules(args) -> None:
         raise InputError(str(exc)) from None
     systems, names, skipped = mb.load_library(args.molecules, args.forcefield or ("amber14-all.xml",),
                                               args.implicit_solvent, constraints=args.constraints)
-    for item in skipped:
+    main_process = is_main_process()  # in a multi-process run only process 0 reports and writes
+    for item in skipped if main_process else []:
         print(f"jmlsim: skipped {item['name']}: {item['error']}", file=sys.stderr)
     stem, ext = os.path.splitext(args.out)
     outputs = [f"{stem}_{name}{ext}" for name in names]
     log_path = args.log or stem + ".csv"
-    meta = _prepare_outputs(args, outputs, log_path)
+    meta = _prepare_outputs(args, outputs, log_path, main_process)
     if meta is not None and meta.get("molecules") != names:
         raise InputError(f"checkpoint {args.checkpoint} holds the molecules {meta.get('molecules')}, "
                          f"the library now loads {names}")
@@ -535,9 +537,11 @@ def _simulate_molecules(args) -> None:
         from jmlsim.minimize import minimize
         minimization = minimize(sim, 10.0)
     resumed = meta is not None
-    trajectory = mb.MoleculeTrajectoryReporter(outputs, batch.topologies, batch.n_atoms,
-                                               keep_frames=frames["n"] if resumed else None)
-    log = LogReporter(log_path, False, len(names), keep_until_step=sim.step if resumed else None)
+    reporters = []
+    if main_process:
+        reporters = [mb.MoleculeTrajectoryReporter(outputs, batch.topologies, batch.n_atoms,
+                                                   keep_frames=frames["n"] if resumed else None),
+                     LogReporter(log_path, False, len(names), keep_until_step=sim.step if resumed else None)]
 
     class _FrameCounter:
         def report(self, frame):
@@ -549,12 +553,13 @@ def _simulate_molecules(args) -> None:
 
     steps_left = max(args.steps - sim.step, 0)
     try:
-        timing = sim.run(steps_left, args.report_interval, [trajectory, log, _FrameCounter()],
-                         progress=not args.no_progress, checkpoint=write_checkpoint if args.checkpoint else None,
+        timing = sim.run(steps_left, args.report_interval, reporters + [_FrameCounter()],
+                         progress=main_process and not args.no_progress,
+                         checkpoint=write_checkpoint if args.checkpoint else None,
                          checkpoint_every=args.checkpoint_interval)
     finally:
-        trajectory.close()
-        log.close()
+        for reporter in reporters:
+            reporter.close()
     frame = sim.frame(timing["final_potential"])  # None (nothing left to run): computed here
     result = {
         "atoms": int(batch.n_atoms.sum()), "steps": sim.step, "steps_run": steps_left, "replicas": len(names),
@@ -575,7 +580,10 @@ def _simulate_molecules(args) -> None:
             m.update({"initial_potential": u0, "minimized_potential": u1, "minimized_max_force": f})
     if args.devices is not None:
         result["devices"] = args.devices
-    _emit(args, result)
+    if args.num_processes is not None:
+        result["processes"] = args.num_processes
+    if main_process:
+        _emit(args, result)
 
 
 def _replica_temperatures(args, temperature: float):
@@ -649,12 +657,11 @@ def _join_processes(args) -> None:
             raise ValueError(f"--process-id {args.process_id} must be below --num-processes {args.num_processes}")
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    if not args.replicas or args.devices is None:
-        raise InputError("a multi-process run shards replicas: give --replicas and --devices (all processes' devices)")
+    if not (args.replicas or getattr(args, "molecules", None)) or args.devices is None:
+        raise InputError("a multi-process run shards a batch: give --replicas (or --molecules) and --devices (all "
+                         "processes' devices)")
     if args.devices % args.num_processes:
         raise InputError(f"--devices {args.devices} do not divide over --num-processes {args.num_processes}")
-    if getattr(args, "molecules", None):
-        raise InputError("--molecules is not supported in a multi-process run yet")
     # The collectives library (gloo) prints connection notes on the C-level stdout: send them to stderr and
     # keep stdout for the result alone.
     global _result_stream

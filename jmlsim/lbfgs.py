@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jmlsim.distributed import to_host
+
 PENALTY = 2.0e5  # kJ/mol/nm^2: as stiff as the stiffest bonds, soft enough for a well-conditioned search
 PENALTY_STAGES = 3  # penalties k, 10 k, 100 k: each stage cuts the strain the final projection leaves by ~10x
 
@@ -233,12 +235,12 @@ def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: 
         limit = _stage_limit(stage, steps, max_iterations, chunk)
         while steps < limit and not done.all():
             new_x, new_state, new_fmax = run(sim.params, x, opt_state, box, cons_arrays, k)
-            new_fmax = np.asarray(new_fmax, float)
+            new_fmax = np.asarray(to_host(new_fmax), float)  # gathered when the batch spans processes
             if not np.all(np.isfinite(new_fmax[~done])):
                 bad = int(np.flatnonzero(~np.isfinite(new_fmax) & ~done)[0])
                 raise FloatingPointError(f"minimization produced non-finite forces in replica {bad} by iteration "
                                          f"{steps + chunk}")
-            keep = jnp.asarray(done)  # converged replicas stay where they converged
+            keep = sim.put(jnp.asarray(done))  # converged replicas stay where they converged
 
             def pick(old, new):
                 return jnp.where(keep.reshape(keep.shape + (1,) * (old.ndim - 1)), old, new)
@@ -250,7 +252,7 @@ def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: 
         if constraints is not None:
             x = jax.jit(constraints.positions)(x, x, sim.state.masses)
         forces, fmax = final(sim.params, x, box, cons_arrays)
-        fmax = np.asarray(fmax, float)
+        fmax = np.asarray(to_host(fmax), float)
         settled = fmax < tolerance
         if settled.all() or steps >= max_iterations:
             break
