@@ -342,10 +342,14 @@ class Simulation:
             # outrun any neighbor list); 1 length unit when there is no cutoff.
             jump2 = (self.system.neighbor_cutoff or 1.0) ** 2
 
+            # integrators with a finish() skip their closing velocity projection inside the chunk (see
+            # LangevinBAOAB.step) and apply it once at its end
+            deferred = {"project_end": False} if hasattr(integrator, "finish") else {}
+
             def body(carry, _):
                 st, nb, bad = carry
                 before = st.positions
-                st, nb = integrator.step(st, force_fn, nb)
+                st, nb = integrator.step(st, force_fn, nb, **deferred)
                 moved2 = jnp.max(jnp.sum((st.positions - before) ** 2, axis=-1))
                 finite = jnp.all(jnp.isfinite(st.forces)) & jnp.all(jnp.isfinite(st.positions)) & (moved2 < jump2)
                 step_now = jnp.max(st.step)
@@ -353,6 +357,8 @@ class Simulation:
                 return (st, nb, bad), None
             (state, nbrs, bad), _ = jax.lax.scan(body, (state, nbrs, jnp.asarray(-1, jnp.int32)), None,
                                                   length=n_steps)
+            if deferred:
+                state = integrator.finish(state)
             return state, nbrs, self._energy(params, state, nbrs), bad
         t0 = time.perf_counter()
         with self.tracing():

@@ -73,3 +73,39 @@ def test_nose_hoover_conserved_quantity():
         values.append(float(nhc.conserved_energy(sim.state, potential)))
     values = np.array(values) / 256
     assert np.max(np.abs(values - values[0])) < 2e-3
+
+
+def test_langevin_closing_projection_deferred_to_the_end_of_a_chunk():
+    """Skipping the closing RATTLE projection inside a chunk (the run loop does) and projecting once at its end gives
+    the trajectory of projecting every step: the projection is linear, and the next step projects again."""
+    import os
+
+    import jax
+
+    from jmlsim import units
+    from jmlsim.io.openmm_import import load_amber
+
+    ala = os.path.join(os.path.dirname(__file__), "data", "amber", "alanine-dipeptide-gbsa", "alanine-dipeptide")
+    system = load_amber(ala + ".prmtop", ala + ".crd", nonbonded="nocutoff", constraints="hbonds")
+    kT = units.kT_kj_per_mol(300.0)
+    sim = Simulation(system, LangevinBAOAB(0.002, kT, 1.0), kT=kT, precision="double", seed=3)
+    integrator, force_fn = sim.integrator, sim._force_fn(sim.params, None)
+
+    def run(project_end):
+        body = lambda st, _: (integrator.step(st, force_fn, None, project_end=project_end)[0], None)
+        return jax.jit(lambda st: jax.lax.scan(body, st, None, length=40)[0])(sim.state)
+
+    every, deferred = run(True), run(False)
+    cons = integrator.constraints
+
+    def along_constraints(st):  # largest velocity component along a constrained bond, nm/ps
+        a, b = cons.pairs[:, 0], cons.pairs[:, 1]
+        d = np.asarray(st.positions)[a] - np.asarray(st.positions)[b]
+        dv = np.asarray(st.velocities)[a] - np.asarray(st.velocities)[b]
+        return np.max(np.abs(np.sum(d * dv, -1) / np.linalg.norm(d, axis=-1)))
+
+    assert along_constraints(deferred) > 1e-3  # unprojected at the end of the chunk ...
+    finished = integrator.finish(deferred)
+    assert along_constraints(finished) < 1e-6 and along_constraints(every) < 1e-6  # ... until finish()
+    np.testing.assert_allclose(np.asarray(finished.positions), np.asarray(every.positions), atol=1e-9)
+    np.testing.assert_allclose(np.asarray(finished.velocities), np.asarray(every.velocities), atol=1e-6)

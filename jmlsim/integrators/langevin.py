@@ -39,8 +39,13 @@ class LangevinBAOAB:
     def init(self, key, positions, masses, forces, box, kT=None, velocities=None) -> MDState:
         return make_state(key, positions, masses, forces, box, self.kT if kT is None else kT, velocities)
 
-    def step(self, state: MDState, force_fn, aux=None):
-        """One step; ``force_fn(positions, aux) -> (forces, aux)``. Returns (state, aux)."""
+    def step(self, state: MDState, force_fn, aux=None, project_end: bool = True):
+        """One step; ``force_fn(positions, aux) -> (forces, aux)``. Returns (state, aux).
+
+        project_end=False leaves out the closing RATTLE projection of the velocities. The projection P at fixed
+        positions is linear and idempotent, so the next step's opening P(v + dt/2 f/m) gives the same velocities
+        whether or not v was projected: a run loop may skip it inside a chunk of steps and call :meth:`finish`
+        once at the end (one velocity projection per step instead of two)."""
         dt = self.timestep
         inv_m = 1.0 / state.masses[..., None]
         c = math.exp(-self.friction * dt)
@@ -55,5 +60,12 @@ class LangevinBAOAB:
             v = v + (fixed - x) / dt
             x = fixed
         f, aux = force_fn(x, aux)
-        v = project_velocities(cons, x, v + 0.5 * dt * f * inv_m, m)
+        v = v + 0.5 * dt * f * inv_m
+        if project_end:
+            v = project_velocities(cons, x, v, m)
         return state._replace(positions=x, velocities=v, forces=f, key=key, step=state.step + 1), aux
+
+    def finish(self, state: MDState) -> MDState:
+        """The state with its velocities projected onto the constraints (after steps with project_end=False)."""
+        return state._replace(velocities=project_velocities(self.constraints, state.positions, state.velocities,
+                                                             state.masses))
