@@ -3,11 +3,12 @@
 The neighbor list is *full* (every pair in both rows) and the direct-space pair forces are row sums, so the rows of
 the list split over devices with no communication inside the pair sum: device d sums the rows of its block of
 atoms against the positions of all atoms (replicated) and the per-row results are gathered afterwards. That is a
-``shard_map`` over a mesh axis named :data:`ATOM_AXIS`; JAX inserts the gather where replicated terms (bonded
-forces, PME's reciprocal sum, the integrator) meet the sharded rows.
+``shard_map`` over a mesh axis named :data:`ATOM_AXIS`; JAX inserts the collective (an all-reduce in the compiled
+CPU program) where replicated terms (bonded forces, PME's reciprocal sum, the integrator) meet the sharded rows.
 
-How it is switched on: the run loop traces its compiled chunks inside :func:`splitting_rows` (``Simulation(devices=D)``
-for a system without replicas), and :func:`jmlsim.energy.nonbonded.pair_row_sums` asks :func:`atom_shards` whether
+How it is switched on: the run loop traces its compiled chunks and energy evaluations inside :func:`splitting_rows`
+(``Simulation(devices=D)`` for a system without replicas; other compiled pieces, such as barostat trials, run
+replicated), and :func:`jmlsim.energy.nonbonded.pair_row_sums` asks :func:`atom_shards` whether
 such a mesh is active. Everything else (list builds, PME, bonded terms, constraints) runs replicated on every
 device, so the decomposition pays where the pair sum dominates and devices do not share cores (several GPUs); on
 one CPU the devices share the cores that one device already keeps busy.

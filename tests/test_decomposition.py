@@ -88,6 +88,7 @@ def _cli(*args):
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_devices_without_replicas_splits_one_system(tmp_path):
     out = _cli("simulate", "--prmtop", WATER + ".prmtop", "--inpcrd", WATER + ".crd", "--cutoff", "0.8",
                "--steps", "20", "--report-interval", "10", "--devices", "2", "--no-progress", "--json",
@@ -96,6 +97,9 @@ def test_cli_devices_without_replicas_splits_one_system(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["devices"] == 2 and result["replicas"] == 1 and result["steps"] == 20
     assert (tmp_path / "w.dcd").exists()
+
+
+def test_cli_devices_without_replicas_needs_a_cutoff(tmp_path):
     bad = _cli("simulate", "--prmtop", ALA + ".prmtop", "--inpcrd", ALA + ".crd", "--steps", "10",
                "--devices", "2", "--out", str(tmp_path / "a.dcd"))
     assert bad.returncode == 2
