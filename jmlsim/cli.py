@@ -621,18 +621,15 @@ def _configure_devices(argv) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "jax" in sys.modules:
         return
-    if "--devices" not in argv:
-        if ("--replicas" in argv or "--molecules" in argv) and "--num-processes" not in argv:
+    try:
+        if "--devices" in argv:
+            n = int(argv[argv.index("--devices") + 1])
+            if "--num-processes" in argv:
+                n = max(n // int(argv[argv.index("--num-processes") + 1]), 1)
+        elif ("--replicas" in argv or "--molecules" in argv) and "--num-processes" not in argv:
             n = os.cpu_count() or 1  # one host device per core, for large batches (ensemble.default_devices)
         else:
             return
-    else:
-        n = None
-    try:
-        if n is None:
-            n = int(argv[argv.index("--devices") + 1])
-        if "--num-processes" in argv:
-            n = max(n // int(argv[argv.index("--num-processes") + 1]), 1)
     except (IndexError, ValueError, ZeroDivisionError):
         return  # argparse reports it
     flags = os.environ.get("XLA_FLAGS", "")

@@ -126,14 +126,20 @@ def minimize_lbfgs(sim, tolerance: float, max_iterations: int = 2000, chunk: int
         fmax = jnp.max(jnp.linalg.norm(projected(x, f), axis=-1))
         return x, opt_state, nbrs, fmax
 
+    # compiled once for all penalty stages (the force function per neighbor spec: it closes over the spec)
+    shake = None if constraints is None else jax.jit(constraints.positions)
+    largest_projected = jax.jit(lambda x, f: jnp.max(jnp.linalg.norm(projected(x, f), axis=-1)))
+    forces_at: dict = {}
+
     def on_surface(x):
         """x projected onto the constraints, its forces, list, and largest projected force."""
-        if constraints is not None:
-            x = jax.jit(constraints.positions)(x, x, masses)
+        if shake is not None:
+            x = shake(x, x, masses)
         nb = sim._rebuild(sim.state._replace(positions=x))
-        forces, nb = jax.jit(sim._force_fn(sim.params, box))(x, nb)
-        fmax = float(jnp.max(jnp.linalg.norm(jax.jit(projected)(x, forces), axis=-1)))
-        return x, forces, nb, fmax
+        if sim.spec not in forces_at:
+            forces_at[sim.spec] = jax.jit(sim._force_fn(sim.params, box))
+        forces, nb = forces_at[sim.spec](x, nb)
+        return x, forces, nb, float(largest_projected(x, forces))
 
     energy0 = float(sim._energy(sim.params, sim.state, sim.nbrs))
     x = sim.state.positions
@@ -223,6 +229,7 @@ def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: 
     run = jax.jit(jax.vmap(run_one, (params_axis, 0, 0, box_axis, 0, None)))
     final = jax.jit(jax.vmap(final_one, (params_axis, 0, box_axis, 0)))
     init = jax.jit(jax.vmap(optimizer.init))
+    shake = None if constraints is None else jax.jit(constraints.positions)
     x, box = sim.state.positions, sim.state.box
     energy0 = np.asarray(sim.potential(), float)
     settled = np.zeros(sim.replicas, bool)  # converged on the constraint surface: kept as they are
@@ -250,7 +257,7 @@ def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: 
             done = fmax < tolerance
             steps += chunk
         if constraints is not None:
-            x = jax.jit(constraints.positions)(x, x, sim.state.masses)
+            x = shake(x, x, sim.state.masses)
         forces, fmax = final(sim.params, x, box, cons_arrays)
         fmax = np.asarray(to_host(fmax), float)
         settled = fmax < tolerance

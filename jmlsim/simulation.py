@@ -252,7 +252,8 @@ class Simulation:
     def tracing(self):
         """Context to trace compiled pieces in: the ``"atoms"`` mesh for one system over several devices (the pair
         sum splits its rows over it, see :mod:`jmlsim.decomposition`), else nothing."""
-        return splitting_rows(None if self.devices is None or self.replicas is not None else atom_mesh(self.devices))
+        one_system_over_devices = self.devices is not None and self.replicas is None
+        return splitting_rows(self._sharding[1].mesh if one_system_over_devices else None)
 
     def place(self, state, nbrs, params=None):
         """Put (state, nbrs, params) on the devices: replica-axis arrays sharded, the rest replicated.
