@@ -301,8 +301,7 @@ class Simulation:
             boxf = None if box is None else box.astype(fdt)
             if spec is not None:
                 nbrs = spec.update_batch(nbrs, xf, boxf)
-            f = jax.vmap(sys_.forces, (0 if self.params_batched else None, 0, None if box is None else 0,
-                                       0 if spec is not None else None))(params, xf, boxf, nbrs)
+            f = sys_.batched_forces(params, xf, boxf, nbrs, self.params_batched)
             return f.astype(sdt), nbrs
         return force_fn
 

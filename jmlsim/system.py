@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jmlsim.energy.differences import DENSE_MAX_ATOMS
+from jmlsim.energy.replica_batch import from_components, to_components
 from jmlsim.neighbors import NeighborList
 
 Array = jnp.ndarray
@@ -79,3 +81,34 @@ class System:
                 return sum(t.energy(params[n], x, box, nbrs) for n, t in autodiff.items())
             total = total - jax.grad(rest)(positions)
         return total
+
+    def batched_forces(self, params, positions: Array, box: Optional[Array], nbrs: Optional[NeighborList],
+                       params_batched: bool = False) -> Array:
+        """Forces (R, N, 3) of R replicas, positions (R, N, 3); params shared, or with a leading replica axis on
+        every leaf (params_batched); box (R, 3, 3) or None; nbrs batched or None.
+
+        Terms with a ``batched_forces`` that applies evaluate the whole batch replica-minor
+        (:mod:`jmlsim.energy.replica_batch`, no per-replica gathers); the rest run under ``vmap``. Equal to
+        ``vmap(self.forces)`` to rounding."""
+        components = None
+        total = None
+        rest = {}
+        for name, term in self.terms.items():
+            out = None
+            if hasattr(term, "batched_forces") and self.n_atoms <= DENSE_MAX_ATOMS:
+                if components is None:
+                    components = to_components(positions)
+                out = term.batched_forces(params[name], components, params_batched, box, nbrs)
+            if out is None:
+                rest[name] = term
+            else:
+                total = out if total is None else tuple(a + b for a, b in zip(total, out))
+        forces = None
+        if total is not None:
+            forces = from_components(total)
+        if rest:
+            others = dataclasses.replace(self, terms=rest, params={n: params[n] for n in rest})
+            f = jax.vmap(others.forces, (0 if params_batched else None, 0, None if box is None else 0,
+                                         None if nbrs is None else 0))(others.params, positions, box, nbrs)
+            forces = f if forces is None else forces + f
+        return forces

@@ -16,12 +16,13 @@ vectorizable :func:`jmlsim.energy.fast_math.atan2`.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax.numpy as jnp
 import numpy as np
 
-from jmlsim.energy.differences import component_blocks, cross, differences, dot, scale
+from jmlsim.energy.differences import component_blocks, cross, differences, dot, scale, subtract
+from jmlsim.energy import replica_batch as rb
 from jmlsim.energy.fast_math import atan2
 
 Array = jnp.ndarray
@@ -91,6 +92,19 @@ class HarmonicBond:
         r = jnp.sqrt(jnp.sum(d * d, axis=-1))
         return 0.5 * jnp.sum(params.k * (r - params.length) ** 2)
 
+    def batched_forces(self, params: HarmonicBondParams, components: tuple, params_batched: bool, box=None,
+                       nbrs=None) -> Optional[tuple]:
+        """Forces of R replicas, replica-minor (:mod:`jmlsim.energy.replica_batch`): components (x, y, z) of
+        (N, R) nm -> the same of kJ/mol/nm (None for a traced topology). F_j = -k (r - r0) d / r with d = x_j - x_i, F_i = -F_j."""
+        if not isinstance(self.atoms, np.ndarray):
+            return None
+        xi, xj = rb.slot_positions(components, self.atoms)
+        d = subtract(xj, xi)
+        r = jnp.sqrt(dot(d, d))
+        k, r0 = (rb.replica_columns(v, params_batched) for v in (params.k, params.length))
+        f_j = scale(d, -k * (r - r0) / r)
+        return rb.atom_sums(self.atoms, [scale(f_j, -1.0), f_j], components)
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class HarmonicAngle:
@@ -103,6 +117,26 @@ class HarmonicAngle:
             return jnp.zeros((), positions.dtype)
         theta = angle_values(positions, self.atoms)
         return 0.5 * jnp.sum(params.k * (theta - params.angle) ** 2)
+
+    def batched_forces(self, params: HarmonicAngleParams, components: tuple, params_batched: bool, box=None,
+                       nbrs=None) -> Optional[tuple]:
+        """Forces of R replicas, replica-minor (see :meth:`HarmonicBond.batched_forces`). With u = x_0 - x_1,
+        v = x_2 - x_1, c = u x v: d theta/du = ((u.v) u/|u|^2 - v)/|c|, d theta/dv likewise, so
+        F_0 = -k (theta - theta0) d theta/du, F_2 the same with v, F_1 = -(F_0 + F_2)."""
+        if not isinstance(self.atoms, np.ndarray):
+            return None
+        x0, x1, x2 = rb.slot_positions(components, self.atoms)
+        u, v = subtract(x0, x1), subtract(x2, x1)
+        c = cross(u, v)
+        sine_norm = jnp.sqrt(dot(c, c))  # |u| |v| sin(theta)
+        uv = dot(u, v)
+        theta = atan2(sine_norm, uv)
+        k, theta0 = (rb.replica_columns(a, params_batched) for a in (params.k, params.angle))
+        g = -k * (theta - theta0) / sine_norm  # -dE/dtheta / |c|
+        f0 = scale(subtract(scale(u, uv / dot(u, u)), v), g)
+        f2 = scale(subtract(scale(v, uv / dot(v, v)), u), g)
+        f1 = tuple(-(a + b) for a, b in zip(f0, f2))
+        return rb.atom_sums(self.atoms, [f0, f1, f2], components)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -118,3 +152,27 @@ class PeriodicTorsion:
         phi = dihedral_values(positions, self.atoms)
         n = jnp.asarray(self.periodicity, positions.dtype)
         return jnp.sum(params.k * (1.0 + jnp.cos(n * phi - params.phase)))
+
+    def batched_forces(self, params: PeriodicTorsionParams, components: tuple, params_batched: bool, box=None,
+                       nbrs=None) -> Optional[tuple]:
+        """Forces of R replicas, replica-minor (see :meth:`HarmonicBond.batched_forces`), with the dihedral
+        gradient of Blondel & Karplus (J. Comput. Chem. 17, 1132 (1996)): b1, b2, b3 the bond vectors,
+        n1 = b1 x b2, n2 = b2 x b3; F_0 = dE/dphi |b2|/|n1|^2 n1, F_3 = -dE/dphi |b2|/|n2|^2 n2,
+        F_1 = s3 F_3 - (1 + s1) F_0, F_2 = s1 F_0 - (1 + s3) F_3 with s1 = b1.b2/|b2|^2, s3 = b3.b2/|b2|^2."""
+        if not (isinstance(self.atoms, np.ndarray) and isinstance(self.periodicity, np.ndarray)):
+            return None
+        x0, x1, x2, x3 = rb.slot_positions(components, self.atoms)
+        b1, b2, b3 = subtract(x1, x0), subtract(x2, x1), subtract(x3, x2)
+        n1, n2 = cross(b1, b2), cross(b2, b3)
+        b2_sq = dot(b2, b2)
+        b2_len = jnp.sqrt(b2_sq)
+        phi = atan2(-dot(cross(n1, b2), n2) / b2_len, dot(n1, n2))  # the IUPAC angle of dihedral_values
+        n = jnp.asarray(self.periodicity, b2_sq.dtype)[:, None]
+        k, phase = (rb.replica_columns(a, params_batched) for a in (params.k, params.phase))
+        de_dphi = -k * n * jnp.sin(n * phi - phase)
+        f0 = scale(n1, de_dphi * b2_len / dot(n1, n1))
+        f3 = scale(n2, -de_dphi * b2_len / dot(n2, n2))
+        s1, s3 = dot(b1, b2) / b2_sq, dot(b3, b2) / b2_sq
+        f1 = tuple(s3 * a - (1.0 + s1) * b for a, b in zip(f3, f0))
+        f2 = tuple(s1 * a - (1.0 + s3) * b for a, b in zip(f0, f3))
+        return rb.atom_sums(self.atoms, [f0, f1, f2, f3], components)

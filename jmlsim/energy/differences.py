@@ -54,6 +54,11 @@ def component_blocks(vectors: Array, n_blocks: int) -> list:
     return [(x[b * k:(b + 1) * k], y[b * k:(b + 1) * k], z[b * k:(b + 1) * k]) for b in range(n_blocks)]
 
 
+def subtract(a: tuple, b: tuple) -> tuple:
+    """a - b of (x, y, z) component tuples."""
+    return tuple(p - q for p, q in zip(a, b))
+
+
 def cross(a: tuple, b: tuple) -> tuple:
     """Cross product of (x, y, z) component tuples."""
     return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])

@@ -34,7 +34,8 @@ from jax.scipy.special import erf, erfc
 
 from jmlsim import space
 from jmlsim.decomposition import atom_shards, decomposed_rows
-from jmlsim.energy.differences import DENSE_MAX_ATOMS, differences, scatter_differences, take_rows
+from jmlsim.energy import replica_batch as rb
+from jmlsim.energy.differences import DENSE_MAX_ATOMS, differences, dot, scale, scatter_differences, subtract, take_rows
 from jmlsim.energy.pme import PMEReciprocal, ewald_self_energy, neutralizing_energy
 
 Array = jnp.ndarray
@@ -362,6 +363,39 @@ class Nonbonded:
             return self._small_pair_terms(params, positions, box)[1]
         return pair_row_sums(lambda r, i, *ops: self._pair_rows(*ops, r, i)[1], self.n_atoms, nbrs,
                              (params, positions, box))
+
+    def batched_forces(self, params: NonbondedParams, components: tuple, params_batched: bool, box=None,
+                       nbrs=None) -> Optional[tuple]:
+        """Forces of R replicas of a small system without neighbor list or periodic box, replica-minor
+        (:mod:`jmlsim.energy.replica_batch`): components (x, y, z) of (N, R) nm -> the same of kJ/mol/nm. The static
+        unique non-excluded pairs and the exception pairs form one (P + E, R) pair array; None where this path does
+        not apply (neighbor list, periodic box, PME, traced exclusions, exclusions outside the band)."""
+        if (nbrs is not None or self.periodic or self.method == "pme" or self.n_atoms > DENSE_MAX_ATOMS
+                or not isinstance(self.band, np.ndarray) or len(self.far_exclusions)):
+            return None
+        i, j = self._small_pairs()
+        pairs = np.concatenate([np.stack([i, j], axis=1), self.exceptions]).astype(np.int32)
+        xi, xj = rb.slot_positions(components, pairs)
+        d = subtract(xi, xj)  # x_i - x_j, (P + E, R) each
+        r2 = dot(d, d)
+        n_direct = len(i)
+        column = lambda v: rb.replica_columns(v, params_batched)
+        charge, sigma, root_eps = column(params.charge), column(params.sigma), column(_safe_sqrt(params.epsilon))
+        r2_direct = r2[:n_direct]
+        keep = None if self.cutoff is None else r2_direct < self.cutoff**2
+        if keep is not None:
+            r2_direct = jnp.where(keep, r2_direct, 1.0)
+        _, f_direct = self._pair(r2_direct, charge[i] * charge[j], 0.5 * (sigma[i] + sigma[j]),
+                                 root_eps[i] * root_eps[j])
+        if keep is not None:
+            f_direct = jnp.where(keep, f_direct, 0.0)
+        r2_exc = r2[n_direct:]
+        s6 = (column(params.exception_sigma) ** 2 / r2_exc) ** 3
+        eps = column(params.exception_epsilon)
+        kqq = ONE_4PI_EPS0 * column(params.exception_charge_product)
+        f_exc = (24.0 * eps * (2.0 * s6 * s6 - s6) + kqq / jnp.sqrt(r2_exc)) / r2_exc  # as _exception_terms
+        f_i = scale(d, jnp.concatenate([f_direct, f_exc]))
+        return rb.atom_sums(pairs, [f_i, scale(f_i, -1.0)], components)
 
     # -- the rest: exceptions, far exclusions, PME reciprocal, corrections ----------------------------
     def _exception_terms(self, params: NonbondedParams, positions: Array, with_forces: bool = True):

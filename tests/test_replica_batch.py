@@ -1,0 +1,111 @@
+"""Replica-minor batched forces (jmlsim.energy.replica_batch, System.batched_forces) equal vmapped per-replica
+forces, which are -grad(energy) (itself checked against OpenMM elsewhere)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jmlsim.energy.bonded import HarmonicAngle, HarmonicAngleParams, PeriodicTorsion, PeriodicTorsionParams
+from jmlsim.energy.replica_batch import from_components, to_components
+from jmlsim.io.openmm_import import load_amber
+
+HERE = os.path.dirname(__file__)
+ALA = os.path.join(HERE, "data", "amber", "alanine-dipeptide-gbsa", "alanine-dipeptide")
+WATER = os.path.join(HERE, "data", "amber", "waterbox", "watbox216")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def x64():
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+def _replicas(system, n_replicas=5, spread=0.02, seed=0):
+    """(R, N, 3) perturbed copies of the system's positions, nm."""
+    rng = np.random.default_rng(seed)
+    x = np.asarray(system.positions)[None] + spread * rng.normal(size=(n_replicas, system.n_atoms, 3))
+    return jnp.asarray(x)
+
+
+def _minus_gradient(term, params, x):
+    return jax.jit(jax.vmap(lambda y: -jax.grad(lambda z: term.energy(params, z, None, None))(y)))(x)
+
+
+@pytest.mark.parametrize("nonbonded", ["nocutoff", "cutoff"])
+def test_each_term_batched_forces_are_minus_the_gradient(nonbonded):
+    system = load_amber(ALA + ".prmtop", ALA + ".crd", nonbonded=nonbonded, constraints="hbonds")
+    x = _replicas(system)
+    checked = []
+    for name, term in system.terms.items():
+        if not hasattr(term, "batched_forces"):
+            continue
+        out = jax.jit(lambda p, y, term=term: term.batched_forces(p, to_components(y), False))(system.params[name], x)
+        assert out is not None, name
+        expected = _minus_gradient(term, system.params[name], x)
+        scale = float(jnp.max(jnp.abs(expected)))
+        np.testing.assert_allclose(np.asarray(from_components(out)), np.asarray(expected), atol=1e-11 * scale,
+                                   err_msg=name)
+        checked.append(name)
+    assert set(checked) >= {"HarmonicBondForce", "HarmonicAngleForce", "PeriodicTorsionForce", "NonbondedForce"}
+
+
+@pytest.mark.parametrize("params_batched", [False, True])
+def test_system_batched_forces_equal_vmapped_forces(params_batched):
+    system = load_amber(ALA + ".prmtop", ALA + ".crd", nonbonded="nocutoff", constraints="hbonds")
+    n_replicas = 4
+    x = _replicas(system, n_replicas, seed=1)
+    params = system.params
+    if params_batched:  # each replica its own force field: every parameter scaled differently
+        params = jax.tree_util.tree_map(
+            lambda a: jnp.stack([jnp.asarray(a) * (1.0 + 0.05 * r) for r in range(n_replicas)]), params)
+    expected = jax.jit(jax.vmap(system.forces, (0 if params_batched else None, 0, None, None)))(params, x, None, None)
+    got = jax.jit(lambda p, y: system.batched_forces(p, y, None, None, params_batched))(params, x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-10 * float(jnp.max(jnp.abs(expected))))
+    # each replica alone gives its own row
+    one = jax.jit(system.forces)(jax.tree_util.tree_map(lambda a: a[2], params) if params_batched else params, x[2],
+                                 None, None)
+    np.testing.assert_allclose(np.asarray(got[2]), np.asarray(one), atol=1e-10 * float(jnp.max(jnp.abs(one))))
+
+
+def test_periodic_systems_fall_back_to_vmap():
+    """The 216-water box (periodic, 648 atoms) takes no replica-minor path; the result is vmap's."""
+    system = load_amber(WATER + ".prmtop", WATER + ".crd", nonbonded="cutoff", constraints="none")
+    x = _replicas(system, 2, spread=0.002)
+    box = jnp.broadcast_to(jnp.asarray(system.box), (2, 3, 3))
+    nonbonded = system.terms["NonbondedForce"]
+    assert nonbonded.batched_forces(system.params["NonbondedForce"], to_components(x), False, box) is None
+    got = jax.jit(lambda y, b: system.batched_forces(system.params, y, b, None))(x, box)
+    expected = jax.jit(jax.vmap(lambda y, b: system.forces(system.params, y, b, None)))(x, box)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_finite_differences_of_the_batched_torsion_and_angle():
+    """Independent of the energies' autodiff: central differences of the energy along random directions."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(3, 6, 3)))
+    torsion = PeriodicTorsion(atoms=np.array([[0, 1, 2, 3], [1, 2, 3, 4], [5, 1, 2, 3]]), periodicity=np.array([1, 2, 3]))
+    torsion_params = PeriodicTorsionParams(k=jnp.array([2.0, 5.0, 1.5]), phase=jnp.array([0.3, 3.1, -1.0]))
+    angle = HarmonicAngle(atoms=np.array([[0, 1, 2], [1, 2, 3], [3, 4, 5]]))
+    angle_params = HarmonicAngleParams(k=jnp.array([300.0, 400.0, 250.0]), angle=jnp.array([1.9, 2.0, 1.8]))
+    for term, params in [(torsion, torsion_params), (angle, angle_params)]:
+        forces = from_components(term.batched_forces(params, to_components(x), False))
+        direction = jnp.asarray(rng.normal(size=x.shape))
+        h = 1e-5
+        energy = jax.jit(lambda y, term=term, params=params: term.energy(params, y, None, None))
+        for r in range(x.shape[0]):
+            e = lambda y: float(energy(y))
+            numeric = (e(x[r] + h * direction[r]) - e(x[r] - h * direction[r])) / (2 * h)
+            assert abs(numeric + float(jnp.sum(forces[r] * direction[r]))) < 1e-6 * (1 + abs(numeric))
+
+
+def test_empty_terms_give_zero_forces():
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 4, 3)))
+    torsion = PeriodicTorsion(atoms=np.zeros((0, 4), np.int32), periodicity=np.zeros(0, np.int32))
+    out = from_components(torsion.batched_forces(PeriodicTorsionParams(k=jnp.zeros(0), phase=jnp.zeros(0)),
+                                                 to_components(x), False))
+    assert out.shape == x.shape and float(jnp.max(jnp.abs(out))) == 0.0
