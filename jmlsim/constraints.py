@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmlsim.energy.differences import DENSE_MAX_ATOMS, differences, scatter_differences
+from jmlsim import replica_constraints
+from jmlsim.energy.replica_batch import masked_while
 
 Array = jnp.ndarray
 
@@ -136,6 +138,8 @@ class Constraints:
         new = jnp.asarray(new)
         reference = jnp.asarray(reference, dtype=new.dtype)
         masses = jnp.asarray(masses, dtype=new.dtype)
+        if replica_constraints.applies(self, new):
+            return replica_constraints.positions_with_info(self, new, reference, masses)
         if new.ndim == 3:
             return jax.vmap(self._positions_one, in_axes=(0, 0, 0 if masses.ndim == 2 else None))(
                 new, reference, masses)
@@ -154,6 +158,8 @@ class Constraints:
         velocities = jnp.asarray(velocities)
         positions = jnp.asarray(positions, dtype=velocities.dtype)
         masses = jnp.asarray(masses, dtype=velocities.dtype)
+        if replica_constraints.applies(self, velocities):
+            return replica_constraints.velocities(self, positions, velocities, masses)
         if velocities.ndim == 3:
             return jax.vmap(self._velocities_one, in_axes=(0, 0, 0 if masses.ndim == 2 else None))(
                 positions, velocities, masses)
@@ -179,7 +185,8 @@ class Constraints:
         return max(self.tolerance, 8.0 * float(jnp.finfo(dtype).eps))
 
     def _precondition(self, y: Array, diag: Array) -> Array:
-        """Apply D^-1/2 N^-1 D^-1/2 to y (C,), D = diag (C,) the current diagonal of the Jacobian."""
+        """Apply D^-1/2 N^-1 D^-1/2 to y (C,) or (C, R), D = diag (same shape) the current diagonal of the
+        Jacobian."""
         w = jax.lax.rsqrt(diag)
         y = y * w
         if self.coupling is not None:
@@ -194,7 +201,8 @@ class Constraints:
                     dense = jnp.zeros((n, n), y.dtype).at[c.rows, c.cols].add(c.values.astype(y.dtype))
                 y = jnp.matmul(dense, y, precision=jax.lax.Precision.HIGHEST)
             else:
-                y = jnp.zeros_like(y).at[c.rows].add(jnp.asarray(c.values, y.dtype) * y[c.cols])
+                values = jnp.asarray(c.values, y.dtype).reshape((-1,) + (1,) * (y.ndim - 1))  # (C, R): per column
+                y = jnp.zeros_like(y).at[c.rows].add(values * y[c.cols])
         return y * w
 
     def _scatter(self, vec: Array, n: int) -> Array:
@@ -202,10 +210,11 @@ class Constraints:
         return scatter_differences(vec, self.pairs[:, 0], self.pairs[:, 1], n)
 
     def _richardson(self, matvec, rhs: Array, diag: Array) -> Array:
-        """Preconditioned Richardson iteration for matvec(x) = rhs, to a relative max-norm residual."""
-        tol = self._tol(rhs.dtype) * jnp.max(jnp.abs(rhs))
+        """Preconditioned Richardson iteration for matvec(x) = rhs, to a relative max-norm residual; rhs (C,) or
+        replica-minor (C, R), each replica to its own tolerance and stopping on its own (as under vmap)."""
+        tol = self._tol(rhs.dtype) * jnp.max(jnp.abs(rhs), axis=0)
 
-        def cond(state):
+        def active(state):
             it, _, _, err, prev = state
             stalled = (err >= prev) & (err < 64.0 * tol)        # rounding-limited: stop
             return (it < self.max_iterations) & (err > tol) & ~stalled
@@ -214,11 +223,11 @@ class Constraints:
             it, x, res, err, _ = state
             x = x + self._precondition(res, diag)
             res = rhs - matvec(x)
-            return it + 1, x, res, jnp.max(jnp.abs(res)), err
+            return it + 1, x, res, jnp.max(jnp.abs(res), axis=0), err
 
-        inf = jnp.asarray(jnp.inf, rhs.dtype)
-        state = (jnp.int32(0), jnp.zeros_like(rhs), rhs, jnp.max(jnp.abs(rhs)), inf)
-        return jax.lax.while_loop(cond, body, state)[1]
+        start = jnp.max(jnp.abs(rhs), axis=0)
+        state = (jnp.zeros(start.shape, jnp.int32), jnp.zeros_like(rhs), rhs, start, jnp.full_like(start, jnp.inf))
+        return masked_while(active, body, state)[1]
 
     def _general_positions(self, new: Array, reference: Array, masses: Array) -> Tuple[Array, Array]:
         n = new.shape[0]
