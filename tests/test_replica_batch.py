@@ -109,3 +109,40 @@ def test_empty_terms_give_zero_forces():
     out = from_components(torsion.batched_forces(PeriodicTorsionParams(k=jnp.zeros(0), phase=jnp.zeros(0)),
                                                  to_components(x), False))
     assert out.shape == x.shape and float(jnp.max(jnp.abs(out))) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_replica_minor_shake_and_rattle_equal_each_replica_alone(dtype):
+    """SHAKE/RATTLE of a replica batch (jmlsim.replica_constraints) against the one-system solver vmapped:
+    positions, iteration counts (each replica stops on its own), velocities, and the implicit gradient."""
+    from jmlsim import replica_constraints
+
+    system = load_amber(ALA + ".prmtop", ALA + ".crd", nonbonded="nocutoff", constraints="hbonds")
+    constraints = system.constraints
+    masses = jnp.asarray(system.masses, dtype)
+    rng = np.random.default_rng(6)
+    start = jnp.broadcast_to(jnp.asarray(system.positions, dtype), (6, system.n_atoms, 3))
+    reference = jax.jit(jax.vmap(lambda x: constraints._positions_one(x, x, masses)[0]))(start)
+    # replicas displaced by different amounts need different iteration counts
+    spread = jnp.asarray([1e-4, 1e-3, 3e-3, 1e-2, 3e-3, 1e-3], dtype)[:, None, None]
+    new = reference + spread * jnp.asarray(rng.normal(size=reference.shape), dtype)
+    assert replica_constraints.applies(constraints, new)
+    got, iterations = jax.jit(lambda n, r: constraints.positions_with_info(n, r, masses))(new, reference)
+    alone, alone_iterations = jax.jit(jax.vmap(lambda n, r: constraints._positions_one(n, r, masses)))(new, reference)
+    atol = 1e-15 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(np.asarray(got), np.asarray(alone), atol=atol)
+    np.testing.assert_array_equal(np.asarray(iterations), np.asarray(alone_iterations))
+    assert len(set(np.asarray(iterations).tolist())) > 1
+    assert float(jnp.max(jnp.abs(constraints.errors(got)))) < (1e-7 if dtype == np.float64 else 1e-6)
+
+    velocities = jnp.asarray(rng.normal(size=new.shape), dtype)
+    projected = jax.jit(lambda x, v: constraints.velocities(x, v, masses))(got, velocities)
+    projected_alone = jax.jit(jax.vmap(lambda x, v: constraints._velocities_one(x, v, masses)))(got, velocities)
+    np.testing.assert_allclose(np.asarray(projected), np.asarray(projected_alone), atol=1e-13 if dtype == np.float64
+                               else 3e-6)
+    if dtype == np.float64:
+        weights = jnp.asarray(rng.normal(size=new.shape))
+        gradient = jax.grad(lambda n: jnp.sum(weights * constraints.positions(n, reference, masses)))(new)
+        gradient_alone = jax.grad(lambda n: jnp.sum(weights * jax.vmap(
+            lambda a, b: constraints._positions_one(a, b, masses)[0])(n, reference)))(new)
+        np.testing.assert_allclose(np.asarray(gradient), np.asarray(gradient_alone), atol=1e-10)
