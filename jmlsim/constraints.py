@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jmlsim.energy.differences import DENSE_MAX_ATOMS, differences, scatter_differences
 from jmlsim import replica_constraints
+from jmlsim.energy.differences import DENSE_MAX_ATOMS, differences, scatter_differences
 from jmlsim.energy.replica_batch import masked_while
 
 Array = jnp.ndarray
@@ -184,6 +184,13 @@ class Constraints:
         # The linear solves' relative residual cannot go much below a few ulps.
         return max(self.tolerance, 8.0 * float(jnp.finfo(dtype).eps))
 
+    def _keeps_iterating(self, it: Array, err: Array, prev: Array, tol) -> Array:
+        """An iterative solve goes on below the cap while its error is above the tolerance, unless rounding has
+        stopped progress near convergence (the error no longer falls and is within 64 x tol). Elementwise: one
+        system's scalars or a replica batch's (R,) arrays."""
+        stalled = (err >= prev) & (err < 64.0 * tol)
+        return (it < self.max_iterations) & (err > tol) & ~stalled
+
     def _precondition(self, y: Array, diag: Array) -> Array:
         """Apply D^-1/2 N^-1 D^-1/2 to y (C,) or (C, R), D = diag (same shape) the current diagonal of the
         Jacobian."""
@@ -216,8 +223,7 @@ class Constraints:
 
         def active(state):
             it, _, _, err, prev = state
-            stalled = (err >= prev) & (err < 64.0 * tol)        # rounding-limited: stop
-            return (it < self.max_iterations) & (err > tol) & ~stalled
+            return self._keeps_iterating(it, err, prev, tol)
 
         def body(state):
             it, x, res, err, _ = state
@@ -259,9 +265,7 @@ class Constraints:
 
             def cond(state):
                 it, _, _, err, prev = state
-                # Stop at the tolerance, at the cap, or when rounding stops progress near convergence.
-                stalled = (err >= prev) & (err < 64.0 * tol)
-                return (it < self.max_iterations) & (err > tol) & ~stalled
+                return self._keeps_iterating(it, err, prev, tol)
 
             def body(state):
                 it, lam, s, err, _ = state

@@ -82,8 +82,7 @@ def positions_with_info(constraints, new: Array, reference: Array, masses: Array
     def solve(_, lam0):
         def active(state):
             it, _, _, err, prev = state
-            stalled = (err >= prev) & (err < 64.0 * tol)
-            return (it < c.max_iterations) & (err > tol) & ~stalled
+            return c._keeps_iterating(it, err, prev, tol)
 
         def body(state):
             it, lam, s, err, _ = state

@@ -1,5 +1,5 @@
 """Replica-minor batched forces (jmlsim.energy.replica_batch, System.batched_forces) equal vmapped per-replica
-forces, which are -grad(energy) (itself checked against OpenMM elsewhere)."""
+forces, which are -grad(energy) (itself checked against OpenMM elsewhere). Double precision (conftest)."""
 
 import os
 
@@ -15,14 +15,6 @@ from jmlsim.io.openmm_import import load_amber
 HERE = os.path.dirname(__file__)
 ALA = os.path.join(HERE, "data", "amber", "alanine-dipeptide-gbsa", "alanine-dipeptide")
 WATER = os.path.join(HERE, "data", "amber", "waterbox", "watbox216")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
 
 
 def _replicas(system, n_replicas=5, spread=0.02, seed=0):
@@ -142,7 +134,7 @@ def test_replica_minor_shake_and_rattle_equal_each_replica_alone(dtype):
                                else 3e-6)
     if dtype == np.float64:
         weights = jnp.asarray(rng.normal(size=new.shape))
-        gradient = jax.grad(lambda n: jnp.sum(weights * constraints.positions(n, reference, masses)))(new)
-        gradient_alone = jax.grad(lambda n: jnp.sum(weights * jax.vmap(
-            lambda a, b: constraints._positions_one(a, b, masses)[0])(n, reference)))(new)
+        gradient = jax.jit(jax.grad(lambda n: jnp.sum(weights * constraints.positions(n, reference, masses))))(new)
+        gradient_alone = jax.jit(jax.grad(lambda n: jnp.sum(weights * jax.vmap(
+            lambda a, b: constraints._positions_one(a, b, masses)[0])(n, reference))))(new)
         np.testing.assert_allclose(np.asarray(gradient), np.asarray(gradient_alone), atol=1e-10)
