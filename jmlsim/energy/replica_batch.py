@@ -9,8 +9,9 @@ arithmetic runs on (K, R) arrays that vectorize across replicas, and per-atom su
 rows (3 R values each). Measured on 256 replicas of alanine dipeptide (a 22 x 256 sum of 330 rows): the row
 scatter-add 27 us, a static gather plan plus reduction 41 us, a dense one-hot product 138 us.
 
-Terms that provide ``batched_forces(params, components, params_batched)`` are evaluated this way by
-:meth:`jmlsim.system.System.batched_forces`; the others still run under ``vmap``. Parameters are either shared
+Terms that provide ``batched_forces(params, components, params_batched, box, nbrs)`` are evaluated this way by
+:meth:`jmlsim.system.System.batched_forces` (a term returns None where its batched form does not apply); the
+others still run under ``vmap``. Parameters are either shared
 by all replicas (leaves (K,)) or per replica (leaves (R, K), ``params_batched``); :func:`replica_columns` turns
 them into (K, 1) or (K, R) columns that broadcast against the (K, R) pair or torsion arrays.
 
