@@ -95,7 +95,8 @@ class HarmonicBond:
     def batched_forces(self, params: HarmonicBondParams, components: tuple, params_batched: bool, box=None,
                        nbrs=None) -> Optional[tuple]:
         """Forces of R replicas, replica-minor (:mod:`jmlsim.energy.replica_batch`): components (x, y, z) of
-        (N, R) nm -> the same of kJ/mol/nm (None for a traced topology). F_j = -k (r - r0) d / r with d = x_j - x_i, F_i = -F_j."""
+        (N, R) nm -> the same of kJ/mol/nm (None for a traced topology). F_j = -k (r - r0) d / r with
+        d = x_j - x_i, F_i = -F_j."""
         if not isinstance(self.atoms, np.ndarray):
             return None
         xi, xj = rb.slot_positions(components, self.atoms)
