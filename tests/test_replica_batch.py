@@ -80,7 +80,8 @@ def test_finite_differences_of_the_batched_torsion_and_angle():
     """Independent of the energies' autodiff: central differences of the energy along random directions."""
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(size=(3, 6, 3)))
-    torsion = PeriodicTorsion(atoms=np.array([[0, 1, 2, 3], [1, 2, 3, 4], [5, 1, 2, 3]]), periodicity=np.array([1, 2, 3]))
+    torsion = PeriodicTorsion(atoms=np.array([[0, 1, 2, 3], [1, 2, 3, 4], [5, 1, 2, 3]]),
+                              periodicity=np.array([1, 2, 3]))
     torsion_params = PeriodicTorsionParams(k=jnp.array([2.0, 5.0, 1.5]), phase=jnp.array([0.3, 3.1, -1.0]))
     angle = HarmonicAngle(atoms=np.array([[0, 1, 2], [1, 2, 3], [3, 4, 5]]))
     angle_params = HarmonicAngleParams(k=jnp.array([300.0, 400.0, 250.0]), angle=jnp.array([1.9, 2.0, 1.8]))
