@@ -94,6 +94,15 @@ def dispersion_classes(sigma: np.ndarray, epsilon: np.ndarray):
     return reps.astype(np.int32), weights
 
 
+def exception_pairs(r2: Array, sigma: Array, epsilon: Array, charge_product: Array):
+    """LJ + plain Coulomb of exception pairs with their own parameters (no cutoff, no switching): energy u kJ/mol
+    and -du/dr / r, elementwise over r2 nm^2, sigma nm, epsilon kJ/mol, charge_product e^2."""
+    s6 = (sigma * sigma / r2) ** 3
+    coulomb = ONE_4PI_EPS0 * charge_product / jnp.sqrt(r2)
+    u = 4.0 * epsilon * (s6 * s6 - s6) + coulomb
+    return u, (24.0 * epsilon * (2.0 * s6 * s6 - s6) + coulomb) / r2
+
+
 def switching_function(r: Array, switch_distance: float, cutoff: float):
     """OpenMM's switching polynomial S(r) = 1 - 10x^3 + 15x^4 - 6x^5, x = (r - r_s)/(r_c - r_s), and dS/dr."""
     width = cutoff - switch_distance
@@ -389,11 +398,8 @@ class Nonbonded:
                                  root_eps[i] * root_eps[j])
         if keep is not None:
             f_direct = jnp.where(keep, f_direct, 0.0)
-        r2_exc = r2[n_direct:]
-        s6 = (column(params.exception_sigma) ** 2 / r2_exc) ** 3
-        eps = column(params.exception_epsilon)
-        kqq = ONE_4PI_EPS0 * column(params.exception_charge_product)
-        f_exc = (24.0 * eps * (2.0 * s6 * s6 - s6) + kqq / jnp.sqrt(r2_exc)) / r2_exc  # as _exception_terms
+        _, f_exc = exception_pairs(r2[n_direct:], column(params.exception_sigma), column(params.exception_epsilon),
+                                   column(params.exception_charge_product))
         f_i = scale(d, jnp.concatenate([f_direct, f_exc]))
         return rb.atom_sums(pairs, [f_i, scale(f_i, -1.0)], components)
 
@@ -406,10 +412,8 @@ class Nonbonded:
         d = differences(positions, i, j)  # x_i - x_j, (E, 3)
         r2 = jnp.sum(d * d, axis=-1)
         r = jnp.sqrt(r2)
-        s6 = (params.exception_sigma**2 / r2) ** 3
-        eps, kqq = params.exception_epsilon, ONE_4PI_EPS0 * params.exception_charge_product
-        u = 4.0 * eps * (s6 * s6 - s6) + kqq / r
-        f_over_r = (24.0 * eps * (2.0 * s6 * s6 - s6) + kqq / r) / r2  # -du/dr / r
+        u, f_over_r = exception_pairs(r2, params.exception_sigma, params.exception_epsilon,
+                                      params.exception_charge_product)
         if self.method == "pme":
             alpha = self.pme.alpha
             kqq_grid = ONE_4PI_EPS0 * params.charge[i] * params.charge[j]
