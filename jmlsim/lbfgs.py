@@ -42,7 +42,7 @@ def _on_surface(energy_forces, project):
     def surface_energy_forces(y):
         x, pull = jax.vjp(project, y)
         e, f, *rest = energy_forces(x)
-        return (e, pull(f)[0], *rest)
+        return (e, pull(f.astype(x.dtype))[0], *rest)  # forces may be float32 under float64 positions (mixed)
     return surface_energy_forces
 
 
