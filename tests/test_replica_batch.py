@@ -28,9 +28,11 @@ def _minus_gradient(term, params, x):
     return jax.jit(jax.vmap(lambda y: -jax.grad(lambda z: term.energy(params, z, None, None))(y)))(x)
 
 
-@pytest.mark.parametrize("nonbonded", ["nocutoff", "cutoff"])
-def test_each_term_batched_forces_are_minus_the_gradient(nonbonded):
-    system = load_amber(ALA + ".prmtop", ALA + ".crd", nonbonded=nonbonded, constraints="hbonds")
+@pytest.mark.parametrize("nonbonded,solvent", [("nocutoff", None), ("cutoff", None), ("nocutoff", "obc2"),
+                                               ("cutoff", "obc2")])
+def test_each_term_batched_forces_are_minus_the_gradient(nonbonded, solvent):
+    system = load_amber(ALA + ".prmtop", ALA + ".crd", nonbonded=nonbonded, constraints="hbonds",
+                        implicit_solvent=solvent)
     x = _replicas(system)
     checked = []
     for name, term in system.terms.items():
@@ -44,11 +46,14 @@ def test_each_term_batched_forces_are_minus_the_gradient(nonbonded):
                                    err_msg=name)
         checked.append(name)
     assert set(checked) >= {"HarmonicBondForce", "HarmonicAngleForce", "PeriodicTorsionForce", "NonbondedForce"}
+    assert ("GBSAOBCForce" in checked) == (solvent is not None)
 
 
+@pytest.mark.parametrize("solvent", [None, "obc2"])
 @pytest.mark.parametrize("params_batched", [False, True])
-def test_system_batched_forces_equal_vmapped_forces(params_batched):
-    system = load_amber(ALA + ".prmtop", ALA + ".crd", nonbonded="nocutoff", constraints="hbonds")
+def test_system_batched_forces_equal_vmapped_forces(params_batched, solvent):
+    system = load_amber(ALA + ".prmtop", ALA + ".crd", nonbonded="nocutoff", constraints="hbonds",
+                        implicit_solvent=solvent)
     n_replicas = 4
     x = _replicas(system, n_replicas, seed=1)
     params = system.params

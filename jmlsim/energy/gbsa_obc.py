@@ -22,10 +22,13 @@ import dataclasses
 import math
 from typing import NamedTuple, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jmlsim import space
+from jmlsim.energy import replica_batch as rb
+from jmlsim.energy.differences import dot, subtract
 
 Array = jnp.ndarray
 
@@ -87,26 +90,8 @@ class GBSAOBC:
 
     def _born_radii(self, params: GBSAOBCParams, r2: Array, pairs: Array) -> Array:
         rho = params.radius - DIELECTRIC_OFFSET
-        rho_i = rho[:, None]
-        s_j = (rho * params.scale)[None, :]  # scaled radius of the descreening sphere j
-        # Substitute r = 1 nm where a pair is excluded, so every branch below stays finite (and so do the
-        # gradients that jnp.where discards).
-        r = jnp.sqrt(jnp.where(pairs, r2, 1.0))
-        upper = r + s_j
-        lower = jnp.maximum(rho_i, jnp.abs(r - s_j))
-        inv_l, inv_u = 1.0 / lower, 1.0 / upper
-        inv_l2, inv_u2 = inv_l * inv_l, inv_u * inv_u
-        term = (inv_l - inv_u
-                + 0.25 * r * (inv_u2 - inv_l2)
-                + 0.5 / r * jnp.log(lower / upper)
-                + 0.25 * s_j * s_j / r * (inv_l2 - inv_u2))
-        # Sphere i entirely inside sphere j: add the part of j's interior between rho_i and |r - s_j|.
-        term = term + jnp.where(rho_i < s_j - r, 2.0 * (1.0 / rho_i - inv_l), 0.0)
-        # Sphere j does not reach past rho_i: no descreening.
-        term = jnp.where(pairs & (rho_i < upper), term, 0.0)
-        psi = 0.5 * rho * jnp.sum(term, axis=1)
-        t = jnp.tanh(OBC2_ALPHA * psi - OBC2_BETA * psi**2 + OBC2_GAMMA * psi**3)
-        return 1.0 / (1.0 / rho - t / params.radius)
+        term = _descreening(rho[:, None], (rho * params.scale)[None, :], r2, pairs)
+        return _born_from_psi(0.5 * rho * jnp.sum(term, axis=1), rho, params.radius)
 
     def energy(self, params: GBSAOBCParams, positions: Array, box: Optional[Array], nbrs=None) -> Array:
         """Total GB + ACE energy (scalar, kJ/mol) for positions (N, 3) nm; box (3, 3) nm when periodic."""
@@ -114,31 +99,96 @@ class GBSAOBC:
         r2, pairs = self._pair_geometry(positions, box)
         born = self._born_radii(params, r2, pairs)
         q = params.charge
-
-        if self.solute_dielectric != 0.0 and self.solvent_dielectric != 0.0:
-            pre = -ONE_4PI_EPS0 * (1.0 / self.solute_dielectric - 1.0 / self.solvent_dielectric)
-        else:
-            pre = 0.0
         # The diagonal of f (d = 0) is R_i itself, so the full matrix with weight 1/2 gives both the pair
         # sum over i < j and the self term 1/2 q_i^2 / R_i. No sqrt of r2 here, so d = 0 has finite gradients.
-        rr = born[:, None] * born[None, :]
-        f = jnp.sqrt(r2 + rr * jnp.exp(-r2 / (4.0 * rr)))
-        inv_f = 1.0 / f
-        n = positions.shape[0]
-        diag = jnp.eye(n, dtype=bool)
-        keep = pairs | diag
+        inv_f = _inverse_f(r2, born[:, None] * born[None, :])
+        keep = pairs | jnp.eye(positions.shape[0], dtype=bool)
         if self.cutoff is not None:
             inv_f = jnp.where(pairs, inv_f - 1.0 / self.cutoff, inv_f)  # only pairs are shifted, not self
-        e_gb = 0.5 * pre * jnp.sum(jnp.where(keep, q[:, None] * q[None, :] * inv_f, 0.0))
+        e_gb = 0.5 * self._prefactor() * jnp.sum(jnp.where(keep, q[:, None] * q[None, :] * inv_f, 0.0))
+        return e_gb + jnp.sum(self._surface_energies(params.radius, born))
 
-        e_sa = 0.0
-        if self.surface_area_energy != 0.0:
-            radius = params.radius
-            safe_born = jnp.where(born > 0, born, 1.0)
-            sa = (4.0 * math.pi * self.surface_area_energy) * (radius + PROBE_RADIUS) ** 2 * (radius / safe_born) ** 6
-            keep_sa = born > 0 if self.surface_mask is None else (born > 0) & (jnp.asarray(self.surface_mask) > 0)
-            e_sa = jnp.sum(jnp.where(keep_sa, sa, 0.0))
-        return e_gb + e_sa
+    def _prefactor(self) -> float:
+        """-k (1/eps_solute - 1/eps_solvent), kJ/mol nm / e^2 (0 when either dielectric is 0, as OpenMM)."""
+        if self.solute_dielectric != 0.0 and self.solvent_dielectric != 0.0:
+            return -ONE_4PI_EPS0 * (1.0 / self.solute_dielectric - 1.0 / self.solvent_dielectric)
+        return 0.0
+
+    def _surface_energies(self, radius: Array, born: Array) -> Array:
+        """ACE surface-area energy of each atom (kJ/mol), radius and born of the same shape ((N,) or (N, R))."""
+        if self.surface_area_energy == 0.0:
+            return jnp.zeros_like(born)
+        safe_born = jnp.where(born > 0, born, 1.0)
+        sa = (4.0 * math.pi * self.surface_area_energy) * (radius + PROBE_RADIUS) ** 2 * (radius / safe_born) ** 6
+        keep = born > 0
+        if self.surface_mask is not None:
+            mask = jnp.asarray(self.surface_mask) > 0
+            keep = keep & mask.reshape(mask.shape + (1,) * (born.ndim - 1))
+        return jnp.where(keep, sa, 0.0)
+
+    def batched_forces(self, params: GBSAOBCParams, components: tuple, params_batched: bool, box=None,
+                       nbrs=None) -> Optional[tuple]:
+        """Forces of R replicas, replica-minor (:mod:`jmlsim.energy.replica_batch`): components (x, y, z) of (N, R)
+        nm -> the same of kJ/mol/nm, as minus the gradient of :meth:`batched_energies` (its gathers are static
+        rows, so their adjoints are row scatter-adds). None for a periodic term."""
+        if self.periodic:
+            return None
+        grads = jax.grad(lambda c: jnp.sum(self.batched_energies(params, c, params_batched)))(components)
+        return tuple(-g for g in grads)
+
+    def batched_energies(self, params: GBSAOBCParams, components: tuple, params_batched: bool) -> Array:
+        """Energies (R,) kJ/mol of R replicas (non-periodic), over the unique pairs i < j as (P, R) rows; the same
+        sums as :meth:`energy` in another order."""
+        n = components[0].shape[0]
+        i, j = np.triu_indices(n, 1)
+        d = subtract(rb.gather_rows(components, j), rb.gather_rows(components, i))
+        r2 = dot(d, d)
+        pairs = jnp.ones_like(r2, dtype=bool) if self.cutoff is None else r2 <= self.cutoff ** 2
+        charge, radius, scale = (rb.replica_columns(v, params_batched) for v in params)
+        rho = radius - DIELECTRIC_OFFSET
+        screened = rho * scale
+        both = np.concatenate([i, j])
+        term = _descreening(jnp.concatenate([rho[i], rho[j]]), jnp.concatenate([screened[j], screened[i]]),
+                            jnp.concatenate([r2, r2]), jnp.concatenate([pairs, pairs]))  # i by j, then j by i
+        psi = 0.5 * rho * jnp.zeros((n,) + term.shape[1:], term.dtype).at[both].add(term)
+        born = _born_from_psi(psi, rho, radius)
+        inv_f = _inverse_f(r2, born[i] * born[j])
+        if self.cutoff is not None:
+            inv_f = inv_f - 1.0 / self.cutoff
+        pair_sum = jnp.sum(jnp.where(pairs, charge[i] * charge[j] * inv_f, 0.0), axis=0)
+        self_sum = 0.5 * jnp.sum(charge * charge / born, axis=0)
+        return self._prefactor() * (pair_sum + self_sum) + jnp.sum(self._surface_energies(radius, born), axis=0)
+
+
+def _descreening(rho_i: Array, s_j: Array, r2: Array, pairs: Array) -> Array:
+    """HCT pair integral I_ij of sphere j (scaled radius s_j) seen from atom i (offset radius rho_i), zero where
+    ``pairs`` is False; all arguments broadcast against r2, nm^-1."""
+    # Substitute r = 1 nm where a pair is excluded, so every branch below stays finite (and so do the
+    # gradients that jnp.where discards).
+    r = jnp.sqrt(jnp.where(pairs, r2, 1.0))
+    upper = r + s_j
+    lower = jnp.maximum(rho_i, jnp.abs(r - s_j))
+    inv_l, inv_u = 1.0 / lower, 1.0 / upper
+    inv_l2, inv_u2 = inv_l * inv_l, inv_u * inv_u
+    term = (inv_l - inv_u
+            + 0.25 * r * (inv_u2 - inv_l2)
+            + 0.5 / r * jnp.log(lower / upper)
+            + 0.25 * s_j * s_j / r * (inv_l2 - inv_u2))
+    # Sphere i entirely inside sphere j: add the part of j's interior between rho_i and |r - s_j|.
+    term = term + jnp.where(rho_i < s_j - r, 2.0 * (1.0 / rho_i - inv_l), 0.0)
+    # Sphere j does not reach past rho_i: no descreening.
+    return jnp.where(pairs & (rho_i < upper), term, 0.0)
+
+
+def _born_from_psi(psi: Array, rho: Array, radius: Array) -> Array:
+    """OBC-II Born radii (nm) from psi = rho/2 sum_j I_ij."""
+    t = jnp.tanh(OBC2_ALPHA * psi - OBC2_BETA * psi**2 + OBC2_GAMMA * psi**3)
+    return 1.0 / (1.0 / rho - t / radius)
+
+
+def _inverse_f(r2: Array, rr: Array) -> Array:
+    """1/f_ij = 1/sqrt(d^2 + R_i R_j exp(-d^2 / (4 R_i R_j))), with rr = R_i R_j; nm^-1."""
+    return 1.0 / jnp.sqrt(r2 + rr * jnp.exp(-r2 / (4.0 * rr)))
 
 
 def gbsa_from_openmm(force, triclinic: bool = False) -> tuple[GBSAOBC, GBSAOBCParams]:
