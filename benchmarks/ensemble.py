@@ -1,7 +1,8 @@
 """Aggregate replica throughput: R replicas of alanine dipeptide in one compiled program vs OpenMM one at a time.
 
 Issue 9's benchmark. The system is alanine dipeptide in vacuum (AMBER ff14SB-era prmtop from
-tests/data/amber, 22 atoms), no cutoff, bonds to H constrained, 2 fs LangevinMiddle/BAOAB at 300 K, friction 1/ps.
+tests/data/amber, 22 atoms), no cutoff, bonds to H constrained, 2 fs LangevinMiddle/BAOAB at 300 K, friction 1/ps;
+``--implicit-solvent obc2`` adds GBSA-OBC2 implicit solvent to both engines.
 
 * OpenMM reference: one CPU-platform Context, measured in this run. Running R systems "one Context at a time"
   gives R x (1/R of the time) = the same aggregate ns/day as one Context, so the reference aggregate is the
@@ -37,15 +38,16 @@ def ns_per_day(steps: int, seconds: float, timestep_ps: float = TIMESTEP_PS) -> 
     return steps * timestep_ps * 1e-3 / seconds * 86400.0
 
 
-def openmm_single_context(steps: int, warmup: int, threads: int | None) -> dict:
-    """ns/day of one OpenMM CPU Context on the same system and settings."""
+def openmm_single_context(steps: int, warmup: int, threads: int | None, implicit_solvent: str | None = None) -> dict:
+    """ns/day of one OpenMM CPU Context on the same system and settings (implicit_solvent None or 'obc2')."""
     import openmm
     import openmm.app as app
     import openmm.unit as u
 
     prmtop = app.AmberPrmtopFile(ALA + ".prmtop")
     inpcrd = app.AmberInpcrdFile(ALA + ".crd")
-    system = prmtop.createSystem(nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
+    system = prmtop.createSystem(nonbondedMethod=app.NoCutoff, constraints=app.HBonds,
+                                 implicitSolvent=app.OBC2 if implicit_solvent else None)
     integrator = openmm.LangevinMiddleIntegrator(TEMPERATURE_K * u.kelvin, FRICTION_PER_PS / u.picosecond,
                                                  TIMESTEP_PS * u.picoseconds)
     platform = openmm.Platform.getPlatformByName("CPU")
@@ -89,7 +91,7 @@ def jmlsim_replicas(system, replicas: int, steps: int, chunk: int, devices: int 
             "replica_steps_per_s": replicas * n_chunks * chunk / elapsed}
 
 
-def plot(rows: list, openmm: dict, path: str) -> None:
+def plot(rows: list, openmm: dict, path: str, solvent: str = "vacuum") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,7 +105,7 @@ def plot(rows: list, openmm: dict, path: str) -> None:
     ax.axhline(100 * openmm["ns_per_day"], color="r", ls=":", label="goal: 100x OpenMM")
     ax.set_xlabel("replicas R")
     ax.set_ylabel("aggregate replica-ns/day")
-    ax.set_title("Alanine dipeptide, vacuum, 2 fs, HBonds")
+    ax.set_title(f"Alanine dipeptide, {solvent}, 2 fs, HBonds")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -118,6 +120,7 @@ def main(argv=None) -> None:
                         help="shard the replica axis over N host devices (default: as the CLI does, one host "
                              "device per core for batches of at least 32 replicas per core, else one device)")
     parser.add_argument("--precision", choices=["single", "mixed", "double"], default="single")
+    parser.add_argument("--implicit-solvent", choices=["obc2"], default=None, help="GBSA-OBC2 (default: vacuum)")
     parser.add_argument("--openmm-steps", type=int, default=20000)
     parser.add_argument("--openmm-threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -136,10 +139,11 @@ def main(argv=None) -> None:
 
     print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__}, devices {[str(d) for d in jax.devices()]}, "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
-    openmm = openmm_single_context(args.openmm_steps, 500, args.openmm_threads)
+    openmm = openmm_single_context(args.openmm_steps, 500, args.openmm_threads, args.implicit_solvent)
     print(f"OpenMM CPU, one Context ({openmm['threads']} threads): {openmm['ns_per_day']:.1f} ns/day", flush=True)
 
-    system = load_amber(ALA + ".prmtop", ALA + ".crd", nonbonded="nocutoff", constraints="hbonds")
+    system = load_amber(ALA + ".prmtop", ALA + ".crd", nonbonded="nocutoff", constraints="hbonds",
+                        implicit_solvent=args.implicit_solvent)
     rows = []
     print(f"{'R':>6} {'aggregate ns/day':>17} {'per replica':>12} {'x OpenMM':>9} {'compile s':>10} {'devices':>8}",
           flush=True)
@@ -155,15 +159,15 @@ def main(argv=None) -> None:
         print(f"{replicas:>6} {row['aggregate_ns_per_day']:>17.1f} {row['per_replica_ns_per_day']:>12.2f} "
               f"{row['ratio_to_openmm']:>9.2f} {row['compile_s']:>10.1f} {row['devices']:>8}", flush=True)
     # OpenMM once more at the end: the reference brackets the jmlsim runs (load changes show up as a difference)
-    openmm_after = openmm_single_context(args.openmm_steps, 500, args.openmm_threads)
+    openmm_after = openmm_single_context(args.openmm_steps, 500, args.openmm_threads, args.implicit_solvent)
     print(f"OpenMM CPU, one Context, after: {openmm_after['ns_per_day']:.1f} ns/day "
           f"(load average {os.getloadavg()[0]:.2f})", flush=True)
     if args.plot:
-        plot(rows, openmm, args.plot)
+        plot(rows, openmm, args.plot, "GBSA-OBC2" if args.implicit_solvent else "vacuum")
         print(f"plot: {args.plot}")
     if args.json:
         print(json.dumps({"openmm": openmm, "openmm_after": openmm_after, "devices": args.devices,
-                          "precision": args.precision, "rows": rows}))
+                          "precision": args.precision, "implicit_solvent": args.implicit_solvent, "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -47,9 +47,10 @@ def temperature_ladder(t_min: float, t_max: float, n: int) -> np.ndarray:
 
 
 # Fewest replicas per host device for which splitting a batch over the CPU's cores beats one device's own
-# threads. Measured on a 2-core AMD EPYC (AVX2), alanine dipeptide, 2 fs, benchmarks/ensemble.py, aggregate ns/day
-# one device -> two: R=4 2,939 -> 1,039; R=16 5,726 -> 3,347; R=64 6,208 -> 7,536; R=256 7,116 -> 10,785.
-AUTO_SHARD_MIN_REPLICAS_PER_DEVICE = 32
+# threads. Measured on a 2-core AMD EPYC (AVX2), alanine dipeptide in vacuum, 2 fs, with replica-minor forces and
+# constraints (2026-12-02): ms per step on one device -> two, R=64 0.30 -> 0.83; R=256 1.15 -> 1.24; R=512
+# 1.91 -> 2.16; R=1024 5.9 -> 4.3. (Before the replica-minor path two devices paid from 32 replicas per core.)
+AUTO_SHARD_MIN_REPLICAS_PER_DEVICE = 512
 
 
 def default_devices(replicas: Optional[int]) -> Optional[int]:
