@@ -9,7 +9,7 @@ are carried by the constraint forces).
 
 This is stricter than OpenMM's LocalEnergyMinimizer, which minimizes the energy plus a stiff harmonic penalty on
 the constrained distances and then projects once: the projection strains the structure by about F/k. On solvated
-alanine dipeptide (PME, HBonds, rigid water) OpenMM's result at tolerance 10 kJ/mol/nm carries 288 kJ/mol/nm of
+alanine dipeptide (PME, HBonds, rigid water) OpenMM's result at tolerance 10 kJ/mol/nm carries about 290 kJ/mol/nm of
 projected force; this search reaches the tolerance itself (benchmarks/RESULTS.md).
 
 Runs in jit-compiled chunks of iterations; the neighbor list is rebuilt (and regrown on overflow) between

@@ -61,6 +61,15 @@ class TopologyFromParams:
             return term.forces(params["values"], positions, box, nbrs)
         return -jax.grad(lambda x: term.energy(params["values"], x, box, nbrs))(positions)
 
+    def batched_forces(self, params, components: tuple, params_batched: bool, box=None, nbrs=None):
+        """Replica-minor forces of the whole batch (see :meth:`jmlsim.system.System.batched_forces`) for GBSA, whose
+        only per-molecule topology is the surface mask (B, N), given to the term as (N, B); None for the other
+        terms (their index arrays differ per molecule: they run under vmap)."""
+        if not (params_batched and isinstance(self.template, GBSAOBC)):
+            return None
+        term = dataclasses.replace(self.template, surface_mask=params["topology"]["surface_mask"].T)
+        return term.batched_forces(params["values"], components, True, box, nbrs)
+
 
 class MoleculeBatch(NamedTuple):
     """B molecules padded to N atoms.

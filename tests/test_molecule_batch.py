@@ -12,6 +12,7 @@ import pytest
 
 from jmlsim import molecule_batch as mb
 from jmlsim.cli import main
+from jmlsim.energy.replica_batch import to_components
 from jmlsim.errors import InputError
 from jmlsim.io.openmm_import import load_amber
 
@@ -140,6 +141,30 @@ def test_implicit_solvent_padding_adds_no_descreening_or_surface_energy():
         e, f = own_energy_and_forces(system)
         assert abs(float(energies[b]) - e) < 1e-9 * abs(e)
         np.testing.assert_allclose(np.asarray(forces[b, :22]), f, rtol=0, atol=1e-8)
+
+
+def test_batched_implicit_solvent_forces_equal_the_vmapped_ones():
+    """GBSA of a molecule batch runs replica-minor (the per-molecule surface masks travel as (N, B)); the other terms,
+    whose index arrays differ per molecule, stay under vmap. The whole equals the vmapped per-molecule forces."""
+    ala = load_amber(ALA + ".prmtop", ALA + ".crd", nonbonded="nocutoff", constraints="none",
+                     implicit_solvent="obc2")
+    rng = np.random.default_rng(1)
+    bent = dataclasses.replace(ala, positions=ala.positions + rng.normal(0, 0.01, ala.positions.shape))
+    batch = mb.batch_systems([ala, bent, ala], ["ala", "bent", "ala-masked"])
+    params = batch.params
+    mask = np.asarray(params["GBSAOBCForce"]["topology"]["surface_mask"]).copy()
+    mask[2, :5] = False  # a third molecule whose first atoms get no surface term: masks differ per molecule
+    params["GBSAOBCForce"]["topology"]["surface_mask"] = jnp.asarray(mask)
+    system, x = batch.system, jnp.asarray(batch.positions)
+    gbsa = system.terms["GBSAOBCForce"]
+    assert gbsa.batched_forces(params["GBSAOBCForce"], to_components(x), True) is not None
+    assert system.terms["HarmonicBondForce"].batched_forces(params["HarmonicBondForce"], to_components(x),
+                                                             True) is None
+    got = jax.jit(lambda p, y: system.batched_forces(p, y, None, None, True))(params, x)
+    expected = jax.jit(jax.vmap(lambda p, y: system.forces(p, y, None, None)))(params, x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=0,
+                               atol=1e-10 * float(jnp.max(jnp.abs(expected))))
+    assert not np.allclose(np.asarray(got[0]), np.asarray(got[2]))  # the mask made a difference
 
 
 @pytest.mark.slow

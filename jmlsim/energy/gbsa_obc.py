@@ -13,7 +13,9 @@ radii or E_GB (OpenMM's convention: the pair energy is shifted, the self term is
     psi_i = rho_i / 2 * sum_{j != i} I_ij      (HCT pair integral of sphere j, radius scale_j rho_j)
 
 r_i is OpenMM's per-particle radius (before the offset), q_i the charge. Everything is all-pairs
-(N x N), so this suits systems up to a few thousand atoms; the neighbor list argument is ignored.
+(N x N), so this suits systems up to a few thousand atoms; the neighbor list argument is ignored. Replica batches
+of a small molecule use :meth:`GBSAOBC.batched_forces`, the same formulas over the unique pairs of all replicas at
+once (:mod:`jmlsim.energy.replica_batch`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class GBSAOBC:
     OpenMM's CutoffPeriodic). triclinic: static choice of minimum-image code path for a non-diagonal box.
     surface_area_energy: kJ/mol/nm^2 (0 turns the ACE term off).
     surface_mask: optional (N,) 1/0, the atoms that get the surface-area term; None means all (the padding atoms
-    of a molecule batch are masked out).
+    of a molecule batch are masked out); (N, R) in :meth:`batched_forces` of a batch of different molecules.
     """
 
     solute_dielectric: float = 1.0
@@ -121,9 +123,9 @@ class GBSAOBC:
         safe_born = jnp.where(born > 0, born, 1.0)
         sa = (4.0 * math.pi * self.surface_area_energy) * (radius + PROBE_RADIUS) ** 2 * (radius / safe_born) ** 6
         keep = born > 0
-        if self.surface_mask is not None:
+        if self.surface_mask is not None:  # (N,), or (N, R) per replica
             mask = jnp.asarray(self.surface_mask) > 0
-            keep = keep & mask.reshape(mask.shape + (1,) * (born.ndim - 1))
+            keep = keep & mask.reshape(mask.shape + (1,) * (born.ndim - mask.ndim))
         return jnp.where(keep, sa, 0.0)
 
     def batched_forces(self, params: GBSAOBCParams, components: tuple, params_batched: bool, box=None,
