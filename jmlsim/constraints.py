@@ -25,6 +25,7 @@ solver tolerance) rather than from differentiating through a while loop, which J
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Mapping, NamedTuple, Optional, Tuple
 
 import jax
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmlsim import replica_constraints
+from jmlsim.constraint_clusters import cluster_blocks
 from jmlsim.energy.differences import DENSE_MAX_ATOMS, differences, scatter_differences
 from jmlsim.energy.replica_batch import masked_while
 
@@ -180,6 +182,12 @@ class Constraints:
 
     # ------------------------------------------------------------------ general constraints (CCMA-like)
 
+    @functools.cached_property
+    def _blocks(self):
+        """The velocity projection's block structure when every cluster of constraints sharing atoms is small
+        (:mod:`jmlsim.constraint_clusters`), else None (iterative solve)."""
+        return cluster_blocks(self.pairs)
+
     def _tol(self, dtype) -> float:
         # The linear solves' relative residual cannot go much below a few ulps.
         return max(self.tolerance, 8.0 * float(jnp.finfo(dtype).eps))
@@ -308,6 +316,8 @@ class Constraints:
             return jnp.sum(s * differences(dv, a, b), axis=-1)
 
         rhs = -jnp.sum(s * differences(velocities, a, b), axis=-1)
+        if self._blocks is not None:  # small clusters (HBonds): exact block solve, no iterations
+            return velocities + kick(self._blocks.solve((s[:, 0], s[:, 1], s[:, 2]), inv_m, rhs))
         mu = jax.lax.custom_linear_solve(matvec, rhs, solve=lambda mv, r: self._richardson(mv, r, diag),
                                          symmetric=True)
         return velocities + kick(mu)

@@ -125,5 +125,9 @@ def velocities(constraints, positions: Array, velocities: Array, masses: Array) 
         return dot(s, _pair_vectors(kick(mu), pairs))
 
     rhs = -dot(s, _pair_vectors(v, pairs))
-    mu = jax.lax.custom_linear_solve(matvec, rhs, solve=lambda mv, r: c._richardson(mv, r, diag), symmetric=True)
+    if c._blocks is not None:  # small clusters (HBonds): exact block solve, no iterations
+        mu = c._blocks.solve(s, inv_m, rhs)
+    else:
+        mu = jax.lax.custom_linear_solve(matvec, rhs, solve=lambda mv, r: c._richardson(mv, r, diag),
+                                         symmetric=True)
     return rb.from_components(tuple(a + b for a, b in zip(v, kick(mu))))
