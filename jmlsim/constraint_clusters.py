@@ -1,11 +1,13 @@
-"""Exact RATTLE velocity projection for constraints that fall into small clusters.
+"""Exact block solves for constraints that fall into small clusters: RATTLE projections and SHAKE Newton steps.
 
 The velocity projection solves K mu = rhs with K = B M^-1 B^T (B the constraint Jacobian rows s_a on the first
 atom, -s_a on the second). K couples two constraints only when they share an atom, so it is block diagonal over
 the clusters of constraints connected through shared atoms. With bonds to hydrogen constrained (HBonds) every
-cluster is one heavy atom and its hydrogens: at most four constraints. Such blocks are solved exactly here, by an
-unrolled Cholesky factorization on arrays of all blocks of one size at once, instead of iterating to a tolerance
-(an iterative solve with a convergence test per replica costs a loop of several masked steps per MD step).
+cluster is one heavy atom and its hydrogens: at most four constraints. Such blocks are solved exactly here, by
+unrolled Gaussian elimination on arrays of all blocks of one size at once, instead of iterating to a tolerance
+(an iterative solve with a convergence test per replica costs a loop of several masked steps per MD step). The
+SHAKE position solve uses the same blocks for exact Newton steps: its Jacobian d sigma_a / d lambda_b =
+2 c_ab s_a . d_b has the pattern of K, with the current bond vectors s and the reference directions d.
 
 Entries: K_aa = (1/m_i + 1/m_j) |s_a|^2 for a = (i, j); for a != b sharing atom k,
 K_ab = sign_a sign_b (1/m_k) s_a . s_b with sign +1 where k is the first atom of the pair and -1 where it is the
@@ -39,44 +41,51 @@ class ClusterBlocks:
     inverse: np.ndarray
     pairs: np.ndarray
 
-    def solve(self, s: tuple, inv_m, rhs):
-        """mu (C,) or (C, R) with K mu = rhs; s the constraint vectors (x, y, z) of (C,) or (C, R), inv_m the
-        inverse masses (N,) or (N, 1) / (N, R), 0 for massless atoms."""
+    def solve(self, s: tuple, t: tuple, inv_m, rhs):
+        """mu (C,) or (C, R) with A mu = rhs, A_ab = c_ab s_a . t_b and c_ab the coupling coefficients of K (so
+        t = s gives K itself; t = the reference directions gives half the SHAKE Jacobian). s, t: (x, y, z) of
+        (C,) or (C, R); inv_m the inverse masses (N,) or (N, 1) / (N, R), 0 for massless atoms."""
         first, second = inv_m[self.pairs[:, 0]], inv_m[self.pairs[:, 1]]
         solutions = []
         for k, members in self.blocks.items():
             atoms, signs = self.shared[k]
-            vec = [tuple(c[members[:, p]] for c in s) for p in range(k)]
-            diag = [(first[members[:, p]] + second[members[:, p]]) * dot(vec[p], vec[p]) for p in range(k)]
+            s_rows = [tuple(c[members[:, p]] for c in s) for p in range(k)]
+            t_rows = s_rows if t is s else [tuple(c[members[:, p]] for c in t) for p in range(k)]
             matrix = [[None] * k for _ in range(k)]
             for p in range(k):
-                matrix[p][p] = diag[p]
-                for q in range(p):
-                    coefficient = jnp.asarray(signs[:, p, q], rhs.dtype).reshape((-1,) + (1,) * (rhs.ndim - 1))
-                    matrix[p][q] = coefficient * inv_m[atoms[:, p, q]] * dot(vec[p], vec[q])
-            solutions.append(_cholesky_solve(matrix, [rhs[members[:, p]] for p in range(k)]))
+                for q in range(k):
+                    if p == q:
+                        coefficient = first[members[:, p]] + second[members[:, p]]
+                    else:
+                        lower = (max(p, q), min(p, q))  # the coefficient table holds the lower triangle
+                        sign = jnp.asarray(signs[:, lower[0], lower[1]], rhs.dtype)
+                        coefficient = sign.reshape((-1,) + (1,) * (rhs.ndim - 1)) * inv_m[atoms[:, lower[0], lower[1]]]
+                    matrix[p][q] = coefficient * dot(s_rows[p], t_rows[q])
+            solutions.append(_eliminate(matrix, [rhs[members[:, p]] for p in range(k)]))
         return jnp.concatenate(solutions)[self.inverse]
 
 
-def _cholesky_solve(matrix: list, rhs: list) -> Array:
-    """Solve the k x k symmetric positive definite systems given by their lower triangle ``matrix[p][q]`` (q <= p)
-    of arrays (G, ...) for right-hand sides rhs[p] (G, ...); returns the solutions stacked as (G k, ...) in the
-    order block-major, member-minor of the caller's (G, k) member table."""
+def _eliminate(matrix: list, rhs: list) -> Array:
+    """Gaussian elimination without pivoting (the blocks are diagonally dominant: each constraint couples most to
+    itself) of the k x k systems matrix[p][q] of arrays (G, ...) for right-hand sides rhs[p] (G, ...); returns the
+    solutions stacked as (G k, ...), block-major and member-minor as the caller's (G, k) member table."""
     k = len(rhs)
-    low = [[None] * k for _ in range(k)]
+    a = [row[:] for row in matrix]
+    b = rhs[:]
+    pivot = [None] * k
     for p in range(k):
-        for q in range(p + 1):
-            value = matrix[p][q] - sum((low[p][m] * low[q][m] for m in range(q)), jnp.zeros_like(matrix[p][q]))
-            if p == q:  # a massless pair leaves a zero pivot: its multiplier stays 0
-                low[p][p] = jnp.sqrt(jnp.where(value > 0, value, 1.0))
-            else:
-                low[p][q] = value / low[q][q]
-    y = []
-    for p in range(k):
-        y.append((rhs[p] - sum((low[p][m] * y[m] for m in range(p)), jnp.zeros_like(rhs[p]))) / low[p][p])
+        pivot[p] = jnp.where(a[p][p] != 0, a[p][p], 1.0)  # a massless pair: zero row, its multiplier stays 0
+        for r in range(p + 1, k):
+            factor = a[r][p] / pivot[p]
+            for c in range(p + 1, k):
+                a[r][c] = a[r][c] - factor * a[p][c]
+            b[r] = b[r] - factor * b[p]
     x = [None] * k
     for p in reversed(range(k)):
-        x[p] = (y[p] - sum((low[m][p] * x[m] for m in range(p + 1, k)), jnp.zeros_like(y[p]))) / low[p][p]
+        rest = b[p]
+        for c in range(p + 1, k):
+            rest = rest - a[p][c] * x[c]
+        x[p] = rest / pivot[p]
     return jnp.stack(x, axis=1).reshape((-1,) + rhs[0].shape[1:])
 
 

@@ -278,8 +278,12 @@ class Constraints:
             def body(state):
                 it, lam, s, err, _ = state
                 sig = jnp.sum(s * s, axis=-1) - length2
-                diag = 2.0 * inv_pair * jnp.sum(s * d, axis=-1)   # exact diagonal of the Jacobian
-                lam = lam - self._precondition(sig, diag)
+                if self._blocks is not None:  # small clusters: an exact Newton step
+                    lam = lam - 0.5 * self._blocks.solve((s[:, 0], s[:, 1], s[:, 2]), (d[:, 0], d[:, 1], d[:, 2]),
+                                                         inv_m, sig)
+                else:
+                    diag = 2.0 * inv_pair * jnp.sum(s * d, axis=-1)   # exact diagonal of the Jacobian
+                    lam = lam - self._precondition(sig, diag)
                 s = bond_vectors(lam)
                 return it + 1, lam, s, max_error(s), err
 
@@ -317,7 +321,8 @@ class Constraints:
 
         rhs = -jnp.sum(s * differences(velocities, a, b), axis=-1)
         if self._blocks is not None:  # small clusters (HBonds): exact block solve, no iterations
-            return velocities + kick(self._blocks.solve((s[:, 0], s[:, 1], s[:, 2]), inv_m, rhs))
+            vectors = (s[:, 0], s[:, 1], s[:, 2])
+            return velocities + kick(self._blocks.solve(vectors, vectors, inv_m, rhs))
         mu = jax.lax.custom_linear_solve(matvec, rhs, solve=lambda mv, r: self._richardson(mv, r, diag),
                                          symmetric=True)
         return velocities + kick(mu)

@@ -86,8 +86,10 @@ def positions_with_info(constraints, new: Array, reference: Array, masses: Array
 
         def body(state):
             it, lam, s, err, _ = state
-            diag = 2.0 * inv_pair * dot(s, d)
-            lam = lam - c._precondition(dot(s, s) - length2, diag)
+            if c._blocks is not None:  # small clusters: an exact Newton step
+                lam = lam - 0.5 * c._blocks.solve(s, d, inv_m, dot(s, s) - length2)
+            else:
+                lam = lam - c._precondition(dot(s, s) - length2, 2.0 * inv_pair * dot(s, d))
             s = bond_vectors(lam)
             return it + 1, lam, s, max_error(s), err
 
@@ -126,7 +128,7 @@ def velocities(constraints, positions: Array, velocities: Array, masses: Array) 
 
     rhs = -dot(s, _pair_vectors(v, pairs))
     if c._blocks is not None:  # small clusters (HBonds): exact block solve, no iterations
-        mu = c._blocks.solve(s, inv_m, rhs)
+        mu = c._blocks.solve(s, s, inv_m, rhs)
     else:
         mu = jax.lax.custom_linear_solve(matvec, rhs, solve=lambda mv, r: c._richardson(mv, r, diag),
                                          symmetric=True)
