@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -167,10 +168,21 @@ class PeriodicTorsion:
         n1, n2 = cross(b1, b2), cross(b2, b3)
         b2_sq = dot(b2, b2)
         b2_len = jnp.sqrt(b2_sq)
-        phi = atan2(-dot(cross(n1, b2), n2) / b2_len, dot(n1, n2))  # the IUPAC angle of dihedral_values
+        # cos(phi), sin(phi) of the IUPAC angle of dihedral_values, then cos/sin(n phi) by the angle-addition
+        # recurrence up to the largest periodicity (static): no atan2 and no sin per torsion
+        y, x = -dot(cross(n1, b2), n2) / b2_len, dot(n1, n2)
+        rho2 = x * x + y * y
+        inv_rho = jax.lax.rsqrt(jnp.where(rho2 > 0, rho2, 1.0))
+        cos1, sin1 = jnp.where(rho2 > 0, x * inv_rho, 1.0), y * inv_rho
+        cos_n, sin_n = jnp.zeros_like(cos1), jnp.zeros_like(sin1)
+        cos_m, sin_m = jnp.ones_like(cos1), jnp.zeros_like(sin1)
+        for m in range(1, int(self.periodicity.max(initial=0)) + 1):
+            cos_m, sin_m = cos_m * cos1 - sin_m * sin1, sin_m * cos1 + cos_m * sin1
+            pick = jnp.asarray(self.periodicity == m, b2_sq.dtype)[:, None]
+            cos_n, sin_n = cos_n + pick * cos_m, sin_n + pick * sin_m
         n = jnp.asarray(self.periodicity, b2_sq.dtype)[:, None]
         k, phase = (rb.replica_columns(a, params_batched) for a in (params.k, params.phase))
-        de_dphi = -k * n * jnp.sin(n * phi - phase)
+        de_dphi = -k * n * (sin_n * jnp.cos(phase) - cos_n * jnp.sin(phase))  # -k n sin(n phi - phase)
         f0 = scale(n1, de_dphi * b2_len / dot(n1, n1))
         f3 = scale(n2, -de_dphi * b2_len / dot(n2, n2))
         s1, s3 = dot(b1, b2) / b2_sq, dot(b3, b2) / b2_sq
