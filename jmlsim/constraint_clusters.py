@@ -33,8 +33,8 @@ MAX_CLUSTER = 4  # an XH4 group (methane, ammonium); larger clusters (AllBonds c
 class ClusterBlocks:
     """Static block structure of K. blocks: {k: (G, k) int constraint indices of the G clusters of size k};
     shared: {k: ((G, k, k) atom index, (G, k, k) sign)} for the off-diagonal entries (sign 0 where a pair of
-    constraints shares no atom); order: all blocks' constraint indices concatenated; inverse: its inverse
-    permutation; pairs: (C, 2) the constraint atom pairs."""
+    constraints shares no atom); inverse: the permutation that puts the blocks' solutions (concatenated block
+    size by block size) back in constraint order; pairs: (C, 2) the constraint atom pairs."""
 
     blocks: dict
     shared: dict
@@ -94,25 +94,16 @@ def cluster_blocks(pairs) -> Optional[ClusterBlocks]:
     batch), absent, or form a cluster of more than :data:`MAX_CLUSTER` constraints."""
     if not isinstance(pairs, np.ndarray) or pairs.shape[0] == 0:
         return None
-    n = pairs.shape[0]
-    parent = np.arange(n)
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
 
-    def root(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    owner: dict = {}
-    for c, (i, j) in enumerate(pairs.tolist()):
-        for atom in (i, j):
-            if atom in owner:
-                parent[root(c)] = root(owner[atom])
-            else:
-                owner[atom] = c
+    # constraints sharing an atom are connected through it: components of the atom graph, read at each first atom
+    n_atoms = int(pairs.max()) + 1
+    graph = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n_atoms, n_atoms))
+    labels = connected_components(graph, directed=False)[1][pairs[:, 0]]
     groups: dict = {}
-    for c in range(n):
-        groups.setdefault(root(c), []).append(c)
+    for c, label in enumerate(labels.tolist()):
+        groups.setdefault(label, []).append(c)
     if max(len(g) for g in groups.values()) > MAX_CLUSTER:
         return None
     by_size: dict = {}

@@ -184,8 +184,9 @@ class Constraints:
 
     @functools.cached_property
     def _blocks(self):
-        """The velocity projection's block structure when every cluster of constraints sharing atoms is small
-        (:mod:`jmlsim.constraint_clusters`), else None (iterative solve)."""
+        """The block structure of the constraint matrix when every cluster of constraints sharing atoms is small
+        (:mod:`jmlsim.constraint_clusters`: RATTLE solved exactly, SHAKE by Newton steps), else None (the
+        preconditioned iterations)."""
         return cluster_blocks(self.pairs)
 
     def _tol(self, dtype) -> float:
