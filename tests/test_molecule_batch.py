@@ -87,7 +87,7 @@ def constrained_library():
 
 def test_batched_constraints_project_each_molecule_as_its_own_constraints_do(constrained_library):
     """SHAKE and RATTLE on the padded batch (per-molecule pairs, lengths and CCMA preconditioners, padding rows
-    between padding atoms) give each molecule exactly what its own Constraints give it."""
+    between padding atoms) give each molecule what its own Constraints give it, to the solvers' tolerance."""
     systems, names, batch = constrained_library
     cons = batch.constraints
     counts = [s.constraints.pairs.shape[0] for s in systems]
@@ -106,9 +106,11 @@ def test_batched_constraints_project_each_molecule_as_its_own_constraints_do(con
         n = system.n_atoms
         own = system.constraints
         ref_x = np.asarray(own.positions(moved[b, :n], x0[b, :n], masses[b, :n]))
-        np.testing.assert_allclose(fixed[b, :n], ref_x, rtol=0, atol=1e-9, err_msg=names[b])
+        # A molecule alone solves its H clusters exactly (jmlsim.constraint_clusters); the batch, whose pairs differ
+        # per molecule, iterates to the tolerance (1e-7 of the length): the two agree to that tolerance.
+        np.testing.assert_allclose(fixed[b, :n], ref_x, rtol=0, atol=2e-8, err_msg=names[b])
         ref_v = np.asarray(own.velocities(jnp.asarray(ref_x), v[b, :n], masses[b, :n]))
-        np.testing.assert_allclose(projected[b, :n], ref_v, rtol=0, atol=1e-8, err_msg=names[b])
+        np.testing.assert_allclose(projected[b, :n], ref_v, rtol=0, atol=2e-7, err_msg=names[b])  # 1e-7 x ~2 nm/ps
     # degrees of freedom of each molecule: 3 n - its own constraints
     sim = mb.molecule_simulation(batch, 300.0, 0.002, seed=0, precision="double")
     assert sim.dof.tolist() == [3 * s.n_atoms - c for s, c in zip(systems, counts)]
