@@ -34,10 +34,15 @@ import numpy as np
 
 from jmlsim import replica_constraints
 from jmlsim.constraint_clusters import cluster_blocks
-from jmlsim.energy.differences import DENSE_MAX_ATOMS, differences, scatter_differences
+from jmlsim.energy.differences import DENSE_MAX_ATOMS, differences, dot, scatter_differences
 from jmlsim.energy.replica_batch import masked_while
 
 Array = jnp.ndarray
+
+
+def _components(vectors: Array) -> tuple:
+    """(C, 3) -> (x, y, z), each (C,): the layout the shared SHAKE/RATTLE steps take."""
+    return vectors[:, 0], vectors[:, 1], vectors[:, 2]
 
 
 class Coupling(NamedTuple):
@@ -200,6 +205,24 @@ class Constraints:
         stalled = (err >= prev) & (err < 64.0 * tol)
         return (it < self.max_iterations) & (err > tol) & ~stalled
 
+    def _shake_update(self, sigma: Array, s: tuple, d: tuple, inv_m: Array, inv_pair: Array) -> Array:
+        """The step of the SHAKE multipliers for the length errors sigma = |s|^2 - L^2, (C,) or (C, R): an exact
+        Newton step on the cluster blocks where they apply, else the CCMA-preconditioned step with the exact
+        Jacobian diagonal 2 (1/m_a + 1/m_b) s . d. s, d: current and reference bond vectors as (x, y, z) of the
+        same shape; inv_m, inv_pair: inverse masses per atom and summed per pair (0 for massless atoms)."""
+        if self._blocks is not None:
+            return 0.5 * self._blocks.solve(s, d, inv_m, sigma)
+        return self._precondition(sigma, 2.0 * inv_pair * dot(s, d))
+
+    def _rattle_multipliers(self, s: tuple, inv_m: Array, inv_pair: Array, rhs: Array, matvec) -> Array:
+        """mu with K mu = rhs, K = B M^-1 B^T at bond vectors s ((x, y, z) of (C,) or (C, R)): one exact block
+        solve where the clusters are small (HBonds), else the preconditioned Richardson solve of matvec (K mu)."""
+        if self._blocks is not None:
+            return self._blocks.solve(s, s, inv_m, rhs)
+        diag = inv_pair * dot(s, s)
+        return jax.lax.custom_linear_solve(matvec, rhs, solve=lambda mv, r: self._richardson(mv, r, diag),
+                                           symmetric=True)
+
     def _precondition(self, y: Array, diag: Array) -> Array:
         """Apply D^-1/2 N^-1 D^-1/2 to y (C,) or (C, R), D = diag (same shape) the current diagonal of the
         Jacobian."""
@@ -279,12 +302,7 @@ class Constraints:
             def body(state):
                 it, lam, s, err, _ = state
                 sig = jnp.sum(s * s, axis=-1) - length2
-                if self._blocks is not None:  # small clusters: an exact Newton step
-                    lam = lam - 0.5 * self._blocks.solve((s[:, 0], s[:, 1], s[:, 2]), (d[:, 0], d[:, 1], d[:, 2]),
-                                                         inv_m, sig)
-                else:
-                    diag = 2.0 * inv_pair * jnp.sum(s * d, axis=-1)   # exact diagonal of the Jacobian
-                    lam = lam - self._precondition(sig, diag)
+                lam = lam - self._shake_update(sig, _components(s), _components(d), inv_m, inv_pair)
                 s = bond_vectors(lam)
                 return it + 1, lam, s, max_error(s), err
 
@@ -310,7 +328,6 @@ class Constraints:
         a, b = self.pairs[:, 0], self.pairs[:, 1]
         inv_m = jnp.where(masses > 0, 1.0 / jnp.where(masses > 0, masses, 1.0), 0.0)
         s = differences(positions, a, b)
-        diag = (inv_m[a] + inv_m[b]) * jnp.sum(s * s, axis=-1)
 
         def kick(mu):
             return inv_m[:, None] * self._scatter(mu[:, None] * s, n)
@@ -321,12 +338,7 @@ class Constraints:
             return jnp.sum(s * differences(dv, a, b), axis=-1)
 
         rhs = -jnp.sum(s * differences(velocities, a, b), axis=-1)
-        if self._blocks is not None:  # small clusters (HBonds): exact block solve, no iterations
-            vectors = (s[:, 0], s[:, 1], s[:, 2])
-            return velocities + kick(self._blocks.solve(vectors, vectors, inv_m, rhs))
-        mu = jax.lax.custom_linear_solve(matvec, rhs, solve=lambda mv, r: self._richardson(mv, r, diag),
-                                         symmetric=True)
-        return velocities + kick(mu)
+        return velocities + kick(self._rattle_multipliers(_components(s), inv_m, inv_m[a] + inv_m[b], rhs, matvec))
 
     # ------------------------------------------------------------------ rigid waters (SETTLE)
 

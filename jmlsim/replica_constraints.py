@@ -86,10 +86,7 @@ def positions_with_info(constraints, new: Array, reference: Array, masses: Array
 
         def body(state):
             it, lam, s, err, _ = state
-            if c._blocks is not None:  # small clusters: an exact Newton step
-                lam = lam - 0.5 * c._blocks.solve(s, d, inv_m, dot(s, s) - length2)
-            else:
-                lam = lam - c._precondition(dot(s, s) - length2, 2.0 * inv_pair * dot(s, d))
+            lam = lam - c._shake_update(dot(s, s) - length2, s, d, inv_m, inv_pair)
             s = bond_vectors(lam)
             return it + 1, lam, s, max_error(s), err
 
@@ -117,7 +114,6 @@ def velocities(constraints, positions: Array, velocities: Array, masses: Array) 
     v = rb.to_components(velocities)
     inv_m = _inverse_masses(masses, velocities.dtype)
     s = _pair_vectors(rb.to_components(positions.astype(velocities.dtype)), pairs)
-    diag = (inv_m[pairs[:, 0]] + inv_m[pairs[:, 1]]) * dot(s, s)
 
     def kick(mu):
         return _displacements(pairs, scale(s, mu), inv_m, v)
@@ -127,9 +123,5 @@ def velocities(constraints, positions: Array, velocities: Array, masses: Array) 
         return dot(s, _pair_vectors(kick(mu), pairs))
 
     rhs = -dot(s, _pair_vectors(v, pairs))
-    if c._blocks is not None:  # small clusters (HBonds): exact block solve, no iterations
-        mu = c._blocks.solve(s, s, inv_m, rhs)
-    else:
-        mu = jax.lax.custom_linear_solve(matvec, rhs, solve=lambda mv, r: c._richardson(mv, r, diag),
-                                         symmetric=True)
+    mu = c._rattle_multipliers(s, inv_m, inv_m[pairs[:, 0]] + inv_m[pairs[:, 1]], rhs, matvec)
     return rb.from_components(tuple(a + b for a, b in zip(v, kick(mu))))
