@@ -36,16 +36,6 @@ def _objective(energy_forces):
     return objective
 
 
-def _on_surface(energy_forces, project):
-    """energy_forces of y -> E(pi(y)) with pi = ``project`` (SHAKE/SETTLE onto the constraint surface): returns
-    (E(pi(y)), the forces pulled back through pi, rest...), the forces being minus the gradient with respect to y."""
-    def surface_energy_forces(y):
-        x, pull = jax.vjp(project, y)
-        e, f, *rest = energy_forces(x)
-        return (e, pull(f.astype(x.dtype))[0], *rest)  # forces may be float32 under float64 positions (mixed)
-    return surface_energy_forces
-
-
 def _lbfgs_step(optimizer, objective, x, opt_state):
     """One optax L-BFGS iteration (with its line search) on ``objective``; returns (x', opt_state')."""
     import optax
@@ -53,6 +43,21 @@ def _lbfgs_step(optimizer, objective, x, opt_state):
     value, grad = optax.value_and_grad_from_state(objective)(x, state=opt_state)
     updates, opt_state = optimizer.update(grad, opt_state, x, value=value, grad=grad, value_fn=objective)
     return optax.apply_updates(x, updates), opt_state
+
+
+def _search_step(optimizer, energy_forces, x, opt_state, project=None):
+    """One L-BFGS iteration from x -> (x', opt_state'). energy_forces(x) -> (E, F, ...). With constraints,
+    ``project(y, reference)`` (SHAKE/SETTLE) puts y on the constraint surface: the search then minimizes E(pi(y)),
+    pi = project(., x), whose gradient is minus the forces pulled back through pi, and x' is projected too."""
+    if project is None:
+        return _lbfgs_step(optimizer, _objective(energy_forces), x, opt_state)
+
+    def surface_energy_forces(y):
+        on_surface, pull = jax.vjp(lambda z: project(z, x), y)
+        e, f, *rest = energy_forces(on_surface)
+        return (e, pull(f.astype(on_surface.dtype))[0], *rest)  # forces may be float32 under float64 positions
+    y, opt_state = _lbfgs_step(optimizer, _objective(surface_energy_forces), x, opt_state)
+    return project(y, x), opt_state
 
 
 def minimize_lbfgs(sim, tolerance: float, max_iterations: int = 2000, chunk: int = 25, memory_size: int = 10) -> dict:
@@ -87,23 +92,14 @@ def minimize_lbfgs(sim, tolerance: float, max_iterations: int = 2000, chunk: int
 
     optimizer = optax.lbfgs(memory_size=memory_size)
 
-    def iteration(params, x, opt_state, nbrs):
-        """One L-BFGS iteration from x (on the constraint surface) -> (x', opt_state'), x' on the surface."""
-        energy_forces = energy_forces_of(params, nbrs)
-        if constraints is None:
-            return _lbfgs_step(optimizer, _objective(energy_forces), x, opt_state)
-
-        def project(y):  # the current iterate gives the constraint directions
-            return constraints.positions(y, x, masses)
-        y, opt_state = _lbfgs_step(optimizer, _objective(_on_surface(energy_forces, project)), x, opt_state)
-        return project(y), opt_state
+    project = None if constraints is None else (lambda y, reference: constraints.positions(y, reference, masses))
 
     def run(params, x, opt_state, nbrs):
         def body(carry, _):
             x, opt_state, nb = carry
             if sim.spec is not None:  # keep the list valid as atoms move (rebuild past skin/2)
                 nb = sim.spec.update(nb, x.astype(sim.force_dtype), force_box)
-            x, opt_state = iteration(params, x, opt_state, nb)
+            x, opt_state = _search_step(optimizer, energy_forces_of(params, nb), x, opt_state, project)
             return (x, opt_state, nb), None
         (x, opt_state, nbrs), _ = jax.lax.scan(body, (x, opt_state, nbrs), None, length=chunk)
         if sim.spec is not None:
@@ -181,16 +177,12 @@ def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: 
     def run_one(params, x, opt_state, box, cons, masses):
         energy_forces = energy_forces_of(params, box)
 
-        def iteration(carry, _):
-            x, opt_state = carry
-            if not cons:
-                return _lbfgs_step(optimizer, _objective(energy_forces), x, opt_state), None
-
-            def project(y):  # the current iterate gives the constraint directions
-                return constraints._one(*cons)._positions_one(y, x, masses)[0]
-            y, opt_state = _lbfgs_step(optimizer, _objective(_on_surface(energy_forces, project)), x, opt_state)
-            return (project(y), opt_state), None
-        (x, opt_state), _ = jax.lax.scan(iteration, (x, opt_state), None, length=chunk)
+        project = None
+        if cons:
+            project = lambda y, reference: constraints._one(*cons)._positions_one(y, reference, masses)[0]
+        (x, opt_state), _ = jax.lax.scan(
+            lambda carry, _: (_search_step(optimizer, energy_forces, *carry, project), None), (x, opt_state), None,
+            length=chunk)
         f = energy_forces(x)[1]
         return x, opt_state, f, jnp.max(jnp.linalg.norm(projected(x, f, cons), axis=-1))
 
