@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from constraint_projection import all_pairs, dense_projection
 
 from jmlsim import units
 from jmlsim.integrators import LangevinBAOAB, NoseHooverChain, VelocityVerlet
@@ -193,18 +194,10 @@ def test_nose_hoover_with_constraints_conserves_extended_energy():
 
 
 def _surface_forces(constraints, positions, forces):
-    """Forces with their components along every constraint gradient removed (least squares, dense numpy): an
+    """Forces with their components along every constraint gradient removed (dense numpy, unit masses): an
     independent check of the minimizer's projected forces. (N, 3) -> (N, 3)."""
     x = np.asarray(positions, float)
-    waters = np.asarray(constraints.waters).reshape(-1, 3)
-    pairs = np.concatenate([np.asarray(constraints.pairs).reshape(-1, 2), waters[:, [0, 1]], waters[:, [0, 2]],
-                            waters[:, [1, 2]]])
-    jac = np.zeros((len(pairs), x.size))
-    for row, (i, j) in enumerate(pairs):
-        d = x[i] - x[j]
-        jac[row, 3 * i:3 * i + 3], jac[row, 3 * j:3 * j + 3] = d, -d
-    f = np.asarray(forces, float).reshape(-1)
-    return (f - jac.T @ np.linalg.lstsq(jac @ jac.T, jac @ f, rcond=None)[0]).reshape(x.shape)
+    return dense_projection(all_pairs(constraints), x, forces, np.ones(x.shape[0]))
 
 
 def _minimize_to(system, tolerance, max_steps, precision="double"):

@@ -7,25 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from constraint_projection import dense_projection
 
 from jmlsim.constraint_clusters import MAX_CLUSTER, cluster_blocks
 from jmlsim.constraints import Constraints
 
 HERE = os.path.dirname(__file__)
 ALA = os.path.join(HERE, "data", "amber", "alanine-dipeptide-gbsa", "alanine-dipeptide")
-
-
-def dense_projection(pairs, x, v, masses):
-    """(N, 3) velocities with every constraint's relative velocity along its bond removed (dense linear algebra)."""
-    n = x.shape[0]
-    jac = np.zeros((len(pairs), 3 * n))
-    for row, (i, j) in enumerate(pairs):
-        d = x[i] - x[j]
-        jac[row, 3 * i:3 * i + 3], jac[row, 3 * j:3 * j + 3] = d, -d
-    inv_m = np.repeat(1.0 / masses, 3)
-    k = (jac * inv_m) @ jac.T
-    mu = np.linalg.solve(k, -jac @ v.reshape(-1))
-    return (v.reshape(-1) + inv_m * (jac.T @ mu)).reshape(n, 3)
 
 
 # centre atom 0 appears as the first atom of some pairs and the second of others; 5-6 and 7-8 are lone bonds
