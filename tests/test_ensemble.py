@@ -77,6 +77,20 @@ def test_batched_replicas_equal_lone_runs_with_their_seeds_and_temperatures(alan
     assert np.max(np.abs(np.asarray(batch.state.positions[0] - batch.state.positions[1]))) > 1e-3
 
 
+def test_a_blow_up_in_one_replica_names_its_step_and_keeps_the_batch_state(alanine):
+    from jmlsim.errors import SimulationError
+    batch = ensemble.replica_simulation(alanine, [300.0, 300.0, 300.0], 0.002, seed=5, precision="single")
+    batch.advance(20)
+    x = np.asarray(batch.state.positions).copy()
+    x[1, 1] = x[1, 18] + 1e-4  # two carbons (no exclusion) overlap in replica 1 only: forces overflow
+    batch.state = batch.state._replace(positions=jnp.asarray(x))
+    with pytest.raises(SimulationError, match=r"at step 2[1-9]\b"):
+        batch.advance(30)
+    # the failed chunk is not kept: the batch still holds the state it was given
+    np.testing.assert_array_equal(np.asarray(batch.state.positions), x)
+    assert int(np.max(np.asarray(batch.state.step))) == 20
+
+
 @pytest.mark.slow
 def test_per_replica_parameter_sets_equal_lone_runs_with_those_parameters(alanine):
     scale = np.array([1.0, 0.5])

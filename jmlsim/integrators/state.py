@@ -6,6 +6,7 @@ Integrators broadcast over leading axes: a state whose arrays carry a replica ax
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -56,13 +57,16 @@ def split_and_normal(key: Array, shape, dtype) -> tuple[Array, Array]:
     A stack of keys belongs to a replica batch: each replica draws from its own stream, so a replica
     run in a batch sees exactly the noise it would see alone.
     """
+    batch = key.shape[:-1]
+    # drawn flat and reshaped: the same numbers as normal(sub, (N, 3)), but XLA's CPU loop over a minor
+    # axis of 3 vectorises badly (a 256-replica batch of 22 atoms: ~180 -> ~100 us a step)
+    n_per_stream = math.prod(shape[len(batch):])
     if key.ndim == 1:
         key, sub = jax.random.split(key)
-        return key, jax.random.normal(sub, shape, dtype)
-    batch = key.shape[:-1]
+        return key, jax.random.normal(sub, (n_per_stream,), dtype).reshape(shape)
     flat = key.reshape(-1, key.shape[-1])
     pairs = jax.vmap(jax.random.split)(flat)
-    noise = jax.vmap(lambda k: jax.random.normal(k, shape[len(batch):], dtype))(pairs[:, 1])
+    noise = jax.vmap(lambda k: jax.random.normal(k, (n_per_stream,), dtype))(pairs[:, 1])
     return pairs[:, 0].reshape(key.shape), noise.reshape(shape)
 
 
