@@ -38,7 +38,7 @@ def _describe(sim) -> dict:
         "integrator": type(sim.integrator).__name__,
         # the Constraints object holds arrays: record its size, not its contents
         "integrator_settings": {f.name: getattr(sim.integrator, f.name) for f in dataclasses.fields(sim.integrator)
-                                if f.name != "constraints"},
+                                if f.name not in ("constraints", "layout")},
         # per replica for a molecule batch (ConstraintsBatch), one count otherwise
         "constraints": 0 if getattr(sim.integrator, "constraints", None) is None
         else np.asarray(sim.integrator.constraints.n_constraints).tolist(),

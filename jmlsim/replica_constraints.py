@@ -15,6 +15,7 @@ Shapes: positions and velocities (R, N, 3) nm and nm/ps; masses (N,) or (R, N) a
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Tuple
 
 import jax
@@ -29,7 +30,13 @@ Array = jnp.ndarray
 
 def applies(constraints, x: Array) -> bool:
     """True for a replica batch x (R, N, 3) of a small molecule whose constraints are all general pairs."""
-    return (x.ndim == 3 and x.shape[1] <= DENSE_MAX_ATOMS and constraints.waters.shape[0] == 0
+    return x.ndim == 3 and applies_to(constraints, x.shape[1])
+
+
+def applies_to(constraints, n_atoms: int) -> bool:
+    """True for constraints of a molecule of n_atoms that this module solves: general pairs only (static, no
+    rigid waters), at most DENSE_MAX_ATOMS atoms."""
+    return (n_atoms <= DENSE_MAX_ATOMS and constraints.waters.shape[0] == 0
             and constraints.pairs.shape[0] > 0 and isinstance(constraints.pairs, np.ndarray))
 
 
@@ -55,15 +62,23 @@ def _displacements(pairs: np.ndarray, vectors: tuple, inv_m: Array, components: 
 def positions_with_info(constraints, new: Array, reference: Array, masses: Array) -> Tuple[Array, Array]:
     """SHAKE (CCMA) of every replica: ``new`` (R, N, 3) moved along the constraint vectors at ``reference`` so that
     every constraint holds; returns (positions (R, N, 3), iterations (R,) int32)."""
+    moved, iterations = shake_components(constraints, rb.to_components(new),
+                                         rb.to_components(reference.astype(new.dtype)), masses)
+    return rb.from_components(moved), iterations
+
+
+def shake_components(constraints, current: tuple, previous: tuple, masses: Array) -> Tuple[tuple, Array]:
+    """:func:`positions_with_info` on the replica-minor layout: current and previous positions as (x, y, z) of
+    (N, R) nm; returns (the same of the constrained positions, iterations (R,) int32)."""
     c = constraints
     pairs = c.pairs
-    current, previous = rb.to_components(new), rb.to_components(reference.astype(new.dtype))
-    inv_m = _inverse_masses(masses, new.dtype)
+    dtype = current[0].dtype
+    inv_m = _inverse_masses(masses, dtype)
     inv_pair = inv_m[pairs[:, 0]] + inv_m[pairs[:, 1]]
     d = _pair_vectors(previous, pairs)          # constraint directions at the reference
     s_new = _pair_vectors(current, pairs)
-    length2 = jnp.asarray(c.distances, new.dtype)[:, None] ** 2
-    tol = c._tol(new.dtype)
+    length2 = jnp.asarray(c.distances, dtype)[:, None] ** 2
+    tol = c._tol(dtype)
 
     def shift(lam):
         return _displacements(pairs, scale(d, lam), inv_m, current)
@@ -101,19 +116,24 @@ def positions_with_info(constraints, new: Array, reference: Array, masses: Array
         richardson = lambda mv, rhs: c._richardson(mv, rhs, diag)
         return jax.lax.custom_linear_solve(g, y, solve=richardson, transpose_solve=richardson)
 
-    lam0 = jnp.zeros((pairs.shape[0], new.shape[0]), new.dtype)
+    lam0 = jnp.zeros((pairs.shape[0], current[0].shape[1]), dtype)
     lam, iterations = jax.lax.custom_root(sigma, lam0, solve, tangent_solve, has_aux=True)
     moved = tuple(a + b for a, b in zip(current, shift(lam)))
-    return rb.from_components(moved), jax.lax.stop_gradient(iterations).astype(jnp.int32)
+    return moved, jax.lax.stop_gradient(iterations).astype(jnp.int32)
 
 
 def velocities(constraints, positions: Array, velocities: Array, masses: Array) -> Array:
     """RATTLE of every replica: remove each constraint's relative velocity along its bond; (R, N, 3) nm/ps."""
+    return rb.from_components(rattle_components(constraints, rb.to_components(positions.astype(velocities.dtype)),
+                                                rb.to_components(velocities), masses))
+
+
+def rattle_components(constraints, positions: tuple, v: tuple, masses: Array) -> tuple:
+    """:func:`velocities` on the replica-minor layout: positions and velocities as (x, y, z) of (N, R)."""
     c = constraints
     pairs = c.pairs
-    v = rb.to_components(velocities)
-    inv_m = _inverse_masses(masses, velocities.dtype)
-    s = _pair_vectors(rb.to_components(positions.astype(velocities.dtype)), pairs)
+    inv_m = _inverse_masses(masses, v[0].dtype)
+    s = _pair_vectors(positions, pairs)
 
     def kick(mu):
         return _displacements(pairs, scale(s, mu), inv_m, v)
@@ -124,4 +144,25 @@ def velocities(constraints, positions: Array, velocities: Array, masses: Array) 
 
     rhs = -dot(s, _pair_vectors(v, pairs))
     mu = c._rattle_multipliers(s, inv_m, inv_m[pairs[:, 0]] + inv_m[pairs[:, 1]], rhs, matvec)
-    return rb.from_components(tuple(a + b for a, b in zip(v, kick(mu))))
+    return tuple(a + b for a, b in zip(v, kick(mu)))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ReplicaMinorConstraints:
+    """A small molecule's constraints for an integrator working in the replica-minor layout
+    (:data:`jmlsim.integrators.layout.REPLICA_MINOR`): positions and velocities (3, N, R), masses (N,) or (R, N).
+    The same solves as :func:`positions_with_info` and :func:`velocities`, without the transposes."""
+
+    constraints: object
+
+    @property
+    def n_constraints(self):
+        return self.constraints.n_constraints
+
+    def positions(self, new: Array, reference: Array, masses: Array) -> Array:
+        moved, _ = shake_components(self.constraints, tuple(new), tuple(reference.astype(new.dtype)), masses)
+        return jnp.stack(moved)
+
+    def velocities(self, positions: Array, velocities: Array, masses: Array) -> Array:
+        return jnp.stack(rattle_components(self.constraints, tuple(positions.astype(velocities.dtype)),
+                                           tuple(velocities), masses))

@@ -19,11 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jmlsim import space
+from jmlsim import replica_constraints, space
+from jmlsim.constraints import Constraints
 from jmlsim.decomposition import atom_mesh, splitting_rows
 from jmlsim.distributed import host_local, to_host
 from jmlsim.energy.differences import DENSE_MAX_ATOMS
 from jmlsim.errors import SimulationError
+from jmlsim.integrators.layout import ATOM_MAJOR, REPLICA_MINOR
 from jmlsim.integrators.state import MDState, kinetic_energy
 from jmlsim.neighbors import NeighborList, plan
 from jmlsim.system import System
@@ -299,18 +301,41 @@ class Simulation:
             return f.astype(sdt), nbrs
         return force_fn
 
-    def _batched_force_fn(self, params) -> Callable:
-        """As _force_fn for a replica batch: one rebuild decision for all replicas (see update_batch)."""
+    def _batched_force_fn(self, params, replica_minor: bool = False) -> Callable:
+        """As _force_fn for a replica batch: one rebuild decision for all replicas (see update_batch). With
+        replica_minor, positions and forces are (3, N, R) (see :meth:`_replica_minor_integrator`)."""
         sys_, spec, fdt, sdt = self.system, self.spec, self.force_dtype, self.dtype
 
         def force_fn(xb, nbrs, box):
             xf = xb.astype(fdt)
             boxf = None if box is None else box.astype(fdt)
+            if replica_minor:
+                f = sys_.batched_force_components(params, tuple(xf), boxf, nbrs, self.params_batched)
+                return jnp.stack(f).astype(sdt), nbrs
             if spec is not None:
                 nbrs = spec.update_batch(nbrs, xf, boxf)
             f = sys_.batched_forces(params, xf, boxf, nbrs, self.params_batched)
             return f.astype(sdt), nbrs
         return force_fn
+
+    def _replica_minor_integrator(self):
+        """The integrator set up for the replica-minor layout (:mod:`jmlsim.integrators.layout`), in which a batch
+        of a small molecule runs from step to step as (3, N, R) arrays: force terms and constraints gather whole
+        rows of R replicas and the integrator's arithmetic vectorises over replicas (256 replicas of alanine
+        dipeptide: the forces alone take ~190 instead of ~340 us). None where the batch runs as (R, N, 3): one
+        system, more than DENSE_MAX_ATOMS atoms, a neighbor list, an integrator without a layout, or constraints
+        that the replica-minor solves do not cover (rigid waters, a molecule library's per-molecule pairs)."""
+        integrator = self.integrator
+        if (self.replicas is None or self.spec is not None or self.system.n_atoms > DENSE_MAX_ATOMS
+                or not hasattr(integrator, "layout")):
+            return None
+        constraints = integrator.constraints
+        if constraints is not None:
+            if not (isinstance(constraints, Constraints)
+                    and replica_constraints.applies_to(constraints, self.system.n_atoms)):
+                return None
+            constraints = replica_constraints.ReplicaMinorConstraints(constraints)
+        return dataclasses.replace(integrator, layout=REPLICA_MINOR, constraints=constraints)
 
     def _energy(self, params, state: MDState, nbrs):
         """Potential energy at the state's positions, (...)."""
@@ -337,10 +362,13 @@ class Simulation:
             return self._chunks[key]
         integrator = self.integrator
         batched = self.replicas is not None
+        minor = self._replica_minor_integrator()
+        stepper = integrator if minor is None else minor
+        layout = getattr(stepper, "layout", ATOM_MAJOR)
 
         def run(params, state, nbrs):
             if batched:
-                bforce = self._batched_force_fn(params)
+                bforce = self._batched_force_fn(params, replica_minor=minor is not None)
                 force_fn = lambda x, nb: bforce(x, nb, state.box)
             else:
                 force_fn = self._force_fn(params, state.box)
@@ -353,31 +381,24 @@ class Simulation:
             # LangevinBAOAB.step) and apply it once at its end
             deferred = {"project_end": False} if hasattr(integrator, "finish") else {}
 
-            # A batch of small molecules is carried from step to step replica-minor, (3, N, R): the force
-            # terms and constraints work in that layout, so XLA can lay the integrator's (R, N, 3) arithmetic
-            # out the same way instead of transposing in and out every step (~8% of a step at 64-1,024
-            # replicas of alanine dipeptide). Values are unchanged.
-            flip = _replica_minor if batched and self.system.n_atoms <= DENSE_MAX_ATOMS else (lambda st: st)
-
-            # The blow-up check is kept per atom, bad_at (..., N): the step at which each atom first failed,
-            # -1 while it has not; one reduction at the end of the chunk, none per step (a whole-batch max
-            # every step cost XLA's CPU backend ~0.1 ms at 256 replicas of 22 atoms).
+            # The blow-up check is kept per atom, bad_at (N,), (R, N) or replica-minor (N, R): the step at which
+            # each atom first failed, -1 while it has not; one reduction at the end of the chunk, none per step
+            # (a whole-batch max every step cost XLA's CPU backend ~0.1 ms at 256 replicas of 22 atoms).
             def body(carry, _):
                 st, nb, bad_at = carry
-                st = flip(st)
                 before = st.positions
-                st, nb = integrator.step(st, force_fn, nb, **deferred)
-                # NaN or inf positions fail the comparison too; the x, y, z sums are written out because a
-                # reduction over the minor axis of 3 is not fused into the loop on CPU
-                d = st.positions - before
-                f = jnp.isfinite(st.forces)
-                ok = ((d[..., 0] ** 2 + d[..., 1] ** 2 + d[..., 2] ** 2 < jump2)
-                      & f[..., 0] & f[..., 1] & f[..., 2])
-                bad_at = jnp.where((bad_at < 0) & ~ok, jnp.expand_dims(st.step, -1), bad_at)
-                return (flip(st), nb, bad_at), None
-            not_yet = jnp.full(state.positions.shape[:-1], -1, jnp.int32)
-            (state, nbrs, bad_at), _ = jax.lax.scan(body, (flip(state), nbrs, not_yet), None, length=n_steps)
-            state = flip(state)
+                st, nb = stepper.step(st, force_fn, nb, **deferred)
+                # NaN or inf positions fail the comparison too; x, y and z are summed elementwise because a
+                # reduction over a minor axis of 3 is not fused into the loop on CPU
+                d = layout.components(st.positions - before)
+                f = layout.components(jnp.isfinite(st.forces))
+                ok = (d[0] ** 2 + d[1] ** 2 + d[2] ** 2 < jump2) & f[0] & f[1] & f[2]
+                bad_at = jnp.where((bad_at < 0) & ~ok, layout.per_atom_of_replica(st.step), bad_at)
+                return (st, nb, bad_at), None
+            carried = state if minor is None else _replica_minor(state)
+            not_yet = jnp.full(layout.components(carried.positions)[0].shape, -1, jnp.int32)
+            (carried, nbrs, bad_at), _ = jax.lax.scan(body, (carried, nbrs, not_yet), None, length=n_steps)
+            state = carried if minor is None else _replica_minor(carried)
             failed = bad_at >= 0
             bad = jnp.where(jnp.any(failed), jnp.min(jnp.where(failed, bad_at, jnp.iinfo(jnp.int32).max)), -1)
             if deferred:

@@ -87,28 +87,36 @@ class System:
         """Forces (R, N, 3) of R replicas, positions (R, N, 3); params shared, or with a leading replica axis on
         every leaf (params_batched); box (R, 3, 3) or None; nbrs batched or None.
 
-        Terms with a ``batched_forces`` that applies evaluate the whole batch replica-minor
-        (:mod:`jmlsim.energy.replica_batch`, no per-replica gathers); the rest run under ``vmap``. Equal to
-        ``vmap(self.forces)`` to rounding."""
-        components = None
+        For a small system (at most DENSE_MAX_ATOMS atoms), terms with a ``batched_forces`` evaluate the whole
+        batch replica-minor (:mod:`jmlsim.energy.replica_batch`, no per-replica gathers); the rest run under
+        ``vmap``. Equal to ``vmap(self.forces)`` to rounding."""
+        if self.n_atoms > DENSE_MAX_ATOMS:
+            return self._vmapped_forces(params, positions, box, nbrs, params_batched, list(self.terms))
+        return from_components(self.batched_force_components(params, to_components(positions), box, nbrs,
+                                                             params_batched))
+
+    def batched_force_components(self, params, components: tuple, box: Optional[Array],
+                                 nbrs: Optional[NeighborList], params_batched: bool = False) -> tuple:
+        """:meth:`batched_forces` of a small system on the replica-minor layout: positions and forces as
+        (x, y, z), each (N, R)."""
         total = None
-        rest = {}
+        rest = []
         for name, term in self.terms.items():
-            out = None
-            if hasattr(term, "batched_forces") and self.n_atoms <= DENSE_MAX_ATOMS:
-                if components is None:
-                    components = to_components(positions)
-                out = term.batched_forces(params[name], components, params_batched, box, nbrs)
+            out = term.batched_forces(params[name], components, params_batched, box, nbrs) if hasattr(
+                term, "batched_forces") else None
             if out is None:
-                rest[name] = term
+                rest.append(name)
             else:
                 total = out if total is None else tuple(a + b for a, b in zip(total, out))
-        forces = None
-        if total is not None:
-            forces = from_components(total)
         if rest:
-            others = dataclasses.replace(self, terms=rest, params={n: params[n] for n in rest})
-            f = jax.vmap(others.forces, (0 if params_batched else None, 0, None if box is None else 0,
-                                         None if nbrs is None else 0))(others.params, positions, box, nbrs)
-            forces = f if forces is None else forces + f
-        return forces
+            f = to_components(self._vmapped_forces(params, from_components(components), box, nbrs, params_batched,
+                                                   rest))
+            total = f if total is None else tuple(a + b for a, b in zip(total, f))
+        return total
+
+    def _vmapped_forces(self, params, positions: Array, box, nbrs, params_batched: bool, names: list) -> Array:
+        """Forces (R, N, 3) of the named terms, :meth:`forces` under ``vmap``."""
+        others = dataclasses.replace(self, terms={n: self.terms[n] for n in names},
+                                     params={n: params[n] for n in names})
+        return jax.vmap(others.forces, (0 if params_batched else None, 0, None if box is None else 0,
+                                        None if nbrs is None else 0))(others.params, positions, box, nbrs)

@@ -19,7 +19,8 @@ from typing import Any
 import jax.numpy as jnp
 
 from jmlsim.integrators.constrained import project_velocities
-from jmlsim.integrators.state import MDState, make_state, per_replica, split_and_normal
+from jmlsim.integrators.layout import ATOM_MAJOR
+from jmlsim.integrators.state import MDState, make_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,12 +29,16 @@ class LangevinBAOAB:
     constraints: a :class:`jmlsim.constraints.Constraints` or None.
 
     kT may be a tuple of R values for a replica batch (a temperature ladder): replica r is thermostatted at
-    kT[r]. A tuple, not an array, keeps the integrator hashable and the ladder a compile-time constant."""
+    kT[r]. A tuple, not an array, keeps the integrator hashable and the ladder a compile-time constant.
+
+    layout (:mod:`jmlsim.integrators.layout`) is set by the run loop for a replica-minor batch; with it, the
+    constraints object takes arrays in that layout."""
 
     timestep: float
     kT: float
     friction: float = 1.0
     constraints: Any = None
+    layout: Any = dataclasses.field(default=ATOM_MAJOR, repr=False)
     conserves_momentum = False
 
     def init(self, key, positions, masses, forces, box, kT=None, velocities=None) -> MDState:
@@ -47,13 +52,13 @@ class LangevinBAOAB:
         whether or not v was projected: a run loop may skip it inside a chunk of steps and call :meth:`finish`
         once at the end (one velocity projection per step instead of two)."""
         dt = self.timestep
-        inv_m = 1.0 / state.masses[..., None]
+        inv_m = 1.0 / self.layout.per_atom(state.masses)
         c = math.exp(-self.friction * dt)
         cons, m = self.constraints, state.masses
         v = project_velocities(cons, state.positions, state.velocities + 0.5 * dt * state.forces * inv_m, m)
         x = state.positions + 0.5 * dt * v
-        key, noise = split_and_normal(state.key, v.shape, v.dtype)
-        v = c * v + jnp.sqrt((1.0 - c * c) * per_replica(self.kT, v) * inv_m) * noise
+        key, noise = self.layout.split_and_normal(state.key, v)
+        v = c * v + jnp.sqrt((1.0 - c * c) * self.layout.per_replica(self.kT, v) * inv_m) * noise
         x = x + 0.5 * dt * v
         if cons is not None:
             fixed = cons.positions(x, state.positions, m)
