@@ -10,10 +10,9 @@ sees the same numbers in either.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
-from jmlsim.integrators.state import per_replica, split_and_normal
+from jmlsim.integrators.state import per_replica, split_and_normal, split_streams_and_normal
 
 Array = jnp.ndarray
 
@@ -55,9 +54,8 @@ class ReplicaMinor:
         """The numbers of :class:`AtomMajor`'s noise (each replica's stream drawn as N * 3 values, atom-major),
         generated with the replica axis last and laid out (3, N, R)."""
         _, n_atoms, n_replicas = like.shape
-        pairs = jax.vmap(jax.random.split)(key)
-        noise = jax.vmap(lambda k: jax.random.normal(k, (n_atoms * 3,), like.dtype), out_axes=-1)(pairs[:, 1])
-        return pairs[:, 0], jnp.transpose(noise.reshape(n_atoms, 3, n_replicas), (1, 0, 2))
+        key, noise = split_streams_and_normal(key, n_atoms * 3, like.dtype, stream_axis=-1)
+        return key, jnp.transpose(noise.reshape(n_atoms, 3, n_replicas), (1, 0, 2))
 
     def components(self, a: Array) -> tuple:
         return a[0], a[1], a[2]

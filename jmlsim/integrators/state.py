@@ -64,10 +64,16 @@ def split_and_normal(key: Array, shape, dtype) -> tuple[Array, Array]:
     if key.ndim == 1:
         key, sub = jax.random.split(key)
         return key, jax.random.normal(sub, (n_per_stream,), dtype).reshape(shape)
-    flat = key.reshape(-1, key.shape[-1])
-    pairs = jax.vmap(jax.random.split)(flat)
-    noise = jax.vmap(lambda k: jax.random.normal(k, (n_per_stream,), dtype))(pairs[:, 1])
-    return pairs[:, 0].reshape(key.shape), noise.reshape(shape)
+    keys, noise = split_streams_and_normal(key.reshape(-1, key.shape[-1]), n_per_stream, dtype)
+    return keys.reshape(key.shape), noise.reshape(shape)
+
+
+def split_streams_and_normal(keys: Array, n_per_stream: int, dtype, stream_axis: int = 0) -> tuple[Array, Array]:
+    """Each of R streams (keys (R, 2)) split once and drawing n_per_stream standard normals: (new keys (R, 2),
+    noise (R, n_per_stream), or (n_per_stream, R) with stream_axis=-1; the same numbers either way)."""
+    pairs = jax.vmap(jax.random.split)(keys)
+    noise = jax.vmap(lambda k: jax.random.normal(k, (n_per_stream,), dtype), out_axes=stream_axis)(pairs[:, 1])
+    return pairs[:, 0], noise
 
 
 def per_replica(value, like: Array) -> Array:
