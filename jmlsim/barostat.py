@@ -315,14 +315,14 @@ class MonteCarloBarostat:
         def trial(params, x, box, nbrs, scale):
             xf, boxf = x.astype(fdt), box.astype(fdt)
             nb_old = nbrs if spec is None else spec.update(nbrs, xf, boxf)
-            u_old = sys_.energy(params, xf, boxf, nb_old)
+            u_old = sys_.energy(params, xf, boxf, nb_old, precise=x)
             x_new = scale_molecules(x, mol, n_mol, scale)
             box_new = box * scale.astype(box.dtype)[None, :]  # scales Cartesian components: stays reduced form
             xnf, bnf = x_new.astype(fdt), box_new.astype(fdt)
             # A fresh list at the trial box: the old one's reference positions and cell grid belong to the old box.
             nb_new = None if spec is None else spec.build(xnf, bnf, nb_old)
-            u_new = sys_.energy(params, xnf, bnf, nb_new)
-            f_new = sys_.forces(params, xnf, bnf, nb_new).astype(sdt)
+            u_new = sys_.energy(params, xnf, bnf, nb_new, precise=x_new)
+            f_new = sys_.forces(params, xnf, bnf, nb_new, precise=x_new).astype(sdt)
             no = jnp.zeros((), bool)
             over_old = no if spec is None else nb_old.overflow
             over_new = no if spec is None else nb_new.overflow

@@ -94,7 +94,9 @@ def _add_system_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--constraints", choices=["none", "hbonds", "allbonds", "hangles"], default="hbonds",
                    help="bond constraints (default hbonds; rigid water unless none)")
     g.add_argument("--hmr", action="store_true", help="hydrogen mass repartitioning (H 3.024 amu) for 4 fs steps")
-    g.add_argument("--precision", choices=["single", "mixed", "double"], default="single")
+    g.add_argument("--precision", choices=["single", "mixed", "double"], default="single",
+                   help="single: float32 throughout; mixed: float64 state, float32 nonbonded, bonded terms on the "
+                        "float64 positions; double: float64 throughout")
     g.add_argument("--skin", type=_finite("skin"), help="neighbor-list skin (LJ: sigma, default 0.3; else nm)")
     g.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
 
@@ -290,7 +292,8 @@ def cmd_energy(args) -> None:
                       skin=_default_skin(args, system), constrain_start=False)
     box = None if sim.state.box is None else sim.state.box.astype(sim.force_dtype)
     x = sim.state.positions.astype(sim.force_dtype)
-    terms = jax.jit(lambda p, x, nb: system.energy_terms(p, x, box, nb))(sim.params, x, sim.nbrs)
+    terms = jax.jit(lambda p, x, nb, precise: system.energy_terms(p, x, box, nb, precise))(
+        sim.params, x, sim.nbrs, sim.state.positions)
     terms = terms_by_force_class(terms)
     if args.forces_out:
         np.save(args.forces_out, np.asarray(sim.state.forces, np.float64))

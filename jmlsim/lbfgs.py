@@ -86,7 +86,7 @@ def minimize_lbfgs(sim, tolerance: float, max_iterations: int = 2000, chunk: int
 
         def energy_forces(x):
             f, nb = force_fn(x, nbrs)
-            e = system.energy(params, x.astype(sim.force_dtype), force_box, nb).astype(x.dtype)
+            e = system.energy(params, x.astype(sim.force_dtype), force_box, nb, precise=x).astype(x.dtype)
             return e, f, nb
         return energy_forces
 
@@ -165,8 +165,8 @@ def _minimize_lbfgs_replicas(sim, tolerance: float, max_iterations: int, chunk: 
 
         def energy_forces(x):
             xf = x.astype(fdt)
-            return system.energy(params, xf, bf, None).astype(x.dtype), system.forces(params, xf, bf, None).astype(
-                x.dtype)
+            return (system.energy(params, xf, bf, None, precise=x).astype(x.dtype),
+                    system.forces(params, xf, bf, None, precise=x).astype(x.dtype))
         return energy_forces
 
     def projected(x, f, cons):

@@ -32,7 +32,7 @@ from jmlsim.energy.gbsa_obc import GBSAOBC
 from jmlsim.energy.nonbonded import Nonbonded, exclusion_band
 from jmlsim.errors import InputError
 from jmlsim.simulation import as_float_dtype
-from jmlsim.system import System
+from jmlsim.system import System, coordinate_sensitive
 
 N_PADDING = 4  # an angle needs 3 and a torsion 4 distinct, non-collinear padding atoms
 PADDING_MASS = 1.0e6  # amu: thermal drift over 1 ns ~ 0.1 nm
@@ -48,6 +48,10 @@ class TopologyFromParams:
     """
 
     template: Any
+
+    @property
+    def coordinate_sensitive(self) -> bool:
+        return coordinate_sensitive(self.template)
 
     def _term(self, params):
         return dataclasses.replace(self.template, **params["topology"])

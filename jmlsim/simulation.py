@@ -51,6 +51,8 @@ class Frame(NamedTuple):
     volume: Optional[np.ndarray]
 
 
+# (state dtype, force dtype). Under "mixed" the coordinate-sensitive (bonded) terms run on the float64 state
+# positions (System.forces' ``precise``), the rest on positions rounded to float32.
 PRECISIONS = {"single": (jnp.float32, jnp.float32), "mixed": (jnp.float64, jnp.float32),
               "double": (jnp.float64, jnp.float64)}
 
@@ -297,7 +299,7 @@ class Simulation:
             xf = x.astype(fdt)
             if spec is not None:
                 nbrs = spec.update(nbrs, xf, None if box is None else box.astype(fdt))
-            f = sys_.forces(params, xf, None if box is None else box.astype(fdt), nbrs)
+            f = sys_.forces(params, xf, None if box is None else box.astype(fdt), nbrs, precise=x)
             return f.astype(sdt), nbrs
         return force_fn
 
@@ -310,11 +312,12 @@ class Simulation:
             xf = xb.astype(fdt)
             boxf = None if box is None else box.astype(fdt)
             if replica_minor:
-                f = sys_.batched_force_components(params, tuple(xf), boxf, nbrs, self.params_batched)
+                f = sys_.batched_force_components(params, tuple(xf), boxf, nbrs, self.params_batched,
+                                                  precise=tuple(xb))
                 return jnp.stack(f).astype(sdt), nbrs
             if spec is not None:
                 nbrs = spec.update_batch(nbrs, xf, boxf)
-            f = sys_.batched_forces(params, xf, boxf, nbrs, self.params_batched)
+            f = sys_.batched_forces(params, xf, boxf, nbrs, self.params_batched, precise=xb)
             return f.astype(sdt), nbrs
         return force_fn
 
@@ -346,7 +349,7 @@ class Simulation:
             boxf = None if box is None else box.astype(fdt)
             if spec is not None:
                 nb = spec.update(nb, xf, boxf)
-            return sys_.energy(p, xf, boxf, nb)
+            return sys_.energy(p, xf, boxf, nb, precise=x)
         if self.replicas is None:
             return one(params, state.positions, state.box, nbrs)
         return jax.vmap(one, (0 if self.params_batched else None, 0, None if state.box is None else 0,

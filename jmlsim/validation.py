@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmlsim.neighbors import plan
-from jmlsim.system import System
+from jmlsim.system import System, coordinate_sensitive
 
 
 class TermComparison(NamedTuple):
@@ -71,9 +71,17 @@ def openmm_reference_terms(omm_system, positions: np.ndarray, box: Optional[np.n
 
 
 def jmlsim_terms(system: System, positions: Optional[np.ndarray] = None, dtype=jnp.float64,
-                 skin: float = 0.0) -> dict:
-    """{term name: (energy, forces (N, 3))} evaluated by jmlsim in ``dtype`` (one neighbor list for all terms)."""
+                 skin: float = 0.0, state_dtype=None) -> dict:
+    """{term name: (energy, forces (N, 3))} evaluated by jmlsim in ``dtype`` (one neighbor list for all terms).
+
+    state_dtype: the dtype positions are kept in (mixed precision: float64 with dtype float32); coordinate-sensitive
+    terms (:func:`jmlsim.system.coordinate_sensitive`) then run on positions in it, as a Simulation does."""
     x = jnp.asarray(system.positions if positions is None else positions, dtype)
+    if state_dtype is not None and jnp.dtype(state_dtype).itemsize > jnp.dtype(dtype).itemsize:
+        jax.config.update("jax_enable_x64", True)
+        precise = jnp.asarray(system.positions if positions is None else positions, state_dtype)
+    else:
+        precise = x
     box = None if system.box is None else jnp.asarray(system.box, dtype)
     nbrs = None
     if system.neighbor_cutoff is not None:
@@ -88,11 +96,14 @@ def jmlsim_terms(system: System, positions: Optional[np.ndarray] = None, dtype=j
         # box and neighbor list are arguments, not closed-over constants: XLA would fold them at compile time
         def energy(p, pos, bx, nb, term=term):
             return term.energy(p, pos, bx, nb)
-        e = jax.jit(energy)(params[name], x, box, nbrs)
+        xt = precise if coordinate_sensitive(term) else x
+        e = jax.jit(energy)(params[name], xt, box, nbrs)
         if hasattr(term, "forces"):
-            f = jax.jit(lambda p, pos, bx, nb, term=term: term.forces(p, pos, bx, nb))(params[name], x, box, nbrs)
+            f = jax.jit(lambda p, pos, bx, nb, term=term: term.forces(p, pos, bx, nb))(params[name], xt, box, nbrs)
         else:
-            f = -jax.jit(jax.grad(energy, argnums=1))(params[name], x, box, nbrs)
+            f = -jax.jit(jax.grad(energy, argnums=1))(params[name], xt, box, nbrs)
+        # rounded to dtype as a Simulation's force sum is
+        e, f = jnp.asarray(e).astype(dtype), jnp.asarray(f).astype(dtype)
         out[name] = (float(e), np.asarray(f, np.float64))
     return out
 

@@ -84,6 +84,8 @@ def _concat(*index_arrays):
 class HarmonicBond:
     """atoms: (B, 2) int."""
 
+    coordinate_sensitive = True  # see jmlsim.system.coordinate_sensitive
+
     atoms: np.ndarray
 
     def energy(self, params: HarmonicBondParams, positions: Array, box=None, nbrs=None) -> Array:
@@ -111,6 +113,8 @@ class HarmonicBond:
 @dataclasses.dataclass(frozen=True, eq=False)
 class HarmonicAngle:
     """atoms: (A, 3) int, the vertex in the middle."""
+
+    coordinate_sensitive = True
 
     atoms: np.ndarray
 
@@ -144,6 +148,8 @@ class HarmonicAngle:
 @dataclasses.dataclass(frozen=True, eq=False)
 class PeriodicTorsion:
     """atoms: (T, 4) int; periodicity: (T,) int (static: it selects the Fourier component)."""
+
+    coordinate_sensitive = True
 
     atoms: np.ndarray
     periodicity: np.ndarray

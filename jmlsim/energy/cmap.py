@@ -134,6 +134,8 @@ class CMAPTorsion:
     Molecules must be whole: displacements are not minimum-imaged (as OpenMM's default for this force).
     """
 
+    coordinate_sensitive = True  # see jmlsim.system.coordinate_sensitive
+
     atoms: np.ndarray
     map_index: np.ndarray
 

@@ -54,6 +54,8 @@ class HarmonicImproper:
     periodic: bond vectors take the minimum image (only when the OpenMM force uses periodic conditions).
     """
 
+    coordinate_sensitive = True  # see jmlsim.system.coordinate_sensitive
+
     atoms: np.ndarray
     periodic: bool = False
     triclinic: bool = False
@@ -86,6 +88,8 @@ class PairLJ:
 
     periodic: minimum image (only when the OpenMM force uses periodic conditions; off by default there).
     """
+
+    coordinate_sensitive = True
 
     pairs: np.ndarray
     periodic: bool = False
