@@ -407,7 +407,7 @@ class Constraints:
         c3 = jnp.stack([-xb2 * cos_t - yc2 * sin_t, -xb2 * sin_t + yc2 * cos_t, zc1], axis=-1)
         # displacements from the new positions: (a3 - a1), (b3 - b1), (c3 - c1) back in the lab frame
         shift = lambda v3, v1: jnp.einsum("wji,wj->wi", frame, v3) - v1
-        return (new.at[o].add(shift(a3, a1)).at[h1].add(shift(b3, b1)).at[h2].add(shift(c3, c1)))
+        return new.at[o].add(shift(a3, a1)).at[h1].add(shift(b3, b1)).at[h2].add(shift(c3, c1))
 
     def _settle_velocities(self, positions: Array, velocities: Array, masses: Array) -> Array:
         o, h1, h2 = self.waters[:, 0], self.waters[:, 1], self.waters[:, 2]

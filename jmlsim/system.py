@@ -65,7 +65,7 @@ class System:
         (mixed precision's float64 state), on which the coordinate-sensitive terms are evaluated (see
         :func:`coordinate_sensitive`); None, or no wider than positions: every term on positions."""
         precise = _wider(precise, positions)
-        return {name: term.energy(params[name], _term_positions(term, positions, precise), box, nbrs).astype(
+        return {name: term.energy(params[name], term_positions(term, positions, precise), box, nbrs).astype(
             positions.dtype) for name, term in self.terms.items()}
 
     def energy(self, params, positions: Array, box: Optional[Array], nbrs: Optional[NeighborList],
@@ -81,7 +81,7 @@ class System:
         total = jnp.zeros_like(positions)
         autodiff = {}  # by the positions they run on
         for name, term in self.terms.items():
-            x = _term_positions(term, positions, precise)
+            x = term_positions(term, positions, precise)
             if hasattr(term, "forces"):
                 total = total + term.forces(params[name], x, box, nbrs).astype(positions.dtype)
             else:
@@ -119,7 +119,7 @@ class System:
         total = None
         rest = []
         for name, term in self.terms.items():
-            x = precise if precise is not None and coordinate_sensitive(term) else components
+            x = term_positions(term, components, precise)
             out = term.batched_forces(params[name], x, params_batched, box, nbrs) if hasattr(
                 term, "batched_forces") else None
             if out is None:
@@ -158,5 +158,7 @@ def _wider(precise: Optional[Array], positions: Array) -> Optional[Array]:
     return precise
 
 
-def _term_positions(term, positions: Array, precise: Optional[Array]) -> Array:
+def term_positions(term, positions, precise):
+    """What a term runs on: precise (wider positions, or None) where the term is coordinate-sensitive, else
+    positions; arrays or (x, y, z) tuples alike."""
     return precise if precise is not None and coordinate_sensitive(term) else positions

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmlsim.neighbors import plan
-from jmlsim.system import System, coordinate_sensitive
+from jmlsim.system import System, term_positions
 
 
 class TermComparison(NamedTuple):
@@ -96,7 +96,7 @@ def jmlsim_terms(system: System, positions: Optional[np.ndarray] = None, dtype=j
         # box and neighbor list are arguments, not closed-over constants: XLA would fold them at compile time
         def energy(p, pos, bx, nb, term=term):
             return term.energy(p, pos, bx, nb)
-        xt = precise if coordinate_sensitive(term) else x
+        xt = term_positions(term, x, precise)
         e = jax.jit(energy)(params[name], xt, box, nbrs)
         if hasattr(term, "forces"):
             f = jax.jit(lambda p, pos, bx, nb, term=term: term.forces(p, pos, bx, nb))(params[name], xt, box, nbrs)
